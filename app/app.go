@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/keyrelay/keyrelay/migrations"
+	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/accounts"
+	"github.com/keyrelay/keyrelay/tenants/outbox"
+	"github.com/keyrelay/keyrelay/tenants/secretbox"
+)
+
+// App is the composition root: it owns the connections and the services
+// built on them, and runs the HTTP server.
+type App struct {
+	cfg   Config
+	log   *slog.Logger
+	db    *gorm.DB // application role
+	redis *redis.Client
+	http  *fiber.App
+
+	scope    *tenants.Scope
+	box      *secretbox.Box
+	outbox   *outbox.Outbox
+	accounts *accounts.Service
+}
+
+// unreachable is a dependency that did not answer: main prints it as one
+// line that says which, where and how to start it.
+type unreachable struct {
+	what, where, hint string
+	err               error
+}
+
+func (u *unreachable) Error() string {
+	return fmt.Sprintf("cannot reach %s at %s (%s); %s", u.what, u.where, rootCause(u.err), u.hint)
+}
+
+func (u *unreachable) Unwrap() error { return u.err }
+
+// rootCause keeps the last, most specific part of a driver's error chain.
+func rootCause(err error) string {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err.Error()
+	}
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		return s[i+2:]
+	}
+	return s
+}
+
+func pgWhere(rawURL string) string {
+	if cfg, err := pgx.ParseConfig(rawURL); err == nil {
+		return fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)
+	}
+	return "the configured URL"
+}
+
+func pgUnreachable(rawURL string, err error) error {
+	return &unreachable{what: "PostgreSQL", where: pgWhere(rawURL), err: err,
+		hint: "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start (or set KEYRELAY_DATABASE_URL)"}
+}
+
+func redisUnreachable(rawURL string, err error) error {
+	where := rawURL
+	if u, perr := url.Parse(rawURL); perr == nil {
+		where = u.Host
+	}
+	return &unreachable{what: "Redis", where: where, err: err,
+		hint: `start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no (or set KEYRELAY_REDIS_URL)`}
+}
+
+// isConnError tells a dependency that is down from one that answered with an
+// error of its own (a wrong password, a missing role).
+func isConnError(err error) bool {
+	var op *net.OpError
+	var dns *net.DNSError
+	return errors.As(err, &op) || errors.As(err, &dns) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// Migrate applies migrations as the owner.
+func Migrate(ctx context.Context, cfg Config, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := migrations.Up(ctx, cfg.DatabaseURL, cfg.AppDatabaseURL, log); err != nil {
+		if isConnError(err) {
+			return pgUnreachable(cfg.DatabaseURL, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// NewApp connects to PostgreSQL (as the application role) and Redis and
+// builds every service. It does not migrate.
+func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
+	a := &App{cfg: cfg, log: log}
+	var err error
+	a.db, err = gorm.Open(postgres.Open(cfg.AppDatabaseURL), &gorm.Config{
+		Logger:                 logger.Discard,
+		SkipDefaultTransaction: true, // every write already runs in the request's transaction
+		PrepareStmt:            false,
+	})
+	if err != nil {
+		return nil, pgUnreachable(cfg.AppDatabaseURL, err)
+	}
+	sqlDB, err := a.db.DB()
+	if err != nil {
+		return nil, err
+	}
+	sqlDB.SetMaxOpenConns(20)
+	sqlDB.SetMaxIdleConns(20)
+	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := sqlDB.PingContext(pingCtx); err != nil {
+		sqlDB.Close()
+		if isConnError(err) {
+			return nil, pgUnreachable(cfg.AppDatabaseURL, err)
+		}
+		return nil, fmt.Errorf("PostgreSQL refused the application role: %w (run `go run ./app migrate` to create it)", err)
+	}
+
+	ropts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		sqlDB.Close()
+		return nil, fmt.Errorf("KEYRELAY_REDIS_URL: %w", err)
+	}
+	a.redis = redis.NewClient(ropts)
+	if err := a.redis.Ping(pingCtx).Err(); err != nil {
+		a.Close()
+		return nil, redisUnreachable(cfg.RedisURL, err)
+	}
+
+	a.scope = tenants.NewScope(a.db)
+	if a.box, err = secretbox.New(cfg.SecretKey); err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.outbox = outbox.New(a.box)
+	acfg := accounts.DefaultConfig(cfg.BaseURL)
+	acfg.SessionTTL, acfg.SessionIdle = cfg.SessionTTL, cfg.SessionIdle
+	hasher := accounts.NewHasher(cfg.HashConcurrency, 5*time.Second)
+	if a.accounts, err = accounts.NewService(a.scope, a.db, hasher, a.outbox, acfg); err != nil {
+		a.Close()
+		return nil, err
+	}
+	if a.http, err = a.newHTTP(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Serve listens until ctx ends, then drains requests in flight.
+func (a *App) Serve(ctx context.Context) error {
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", a.cfg.Listen, err)
+	}
+	return a.serveOn(ctx, ln)
+}
+
+func (a *App) serveOn(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- a.http.Listener(ln) }()
+	a.log.Info("listening", "addr", ln.Addr().String(), "base_url", a.cfg.BaseURL)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	a.log.Info("shutting down: draining requests in flight")
+	if err := a.http.ShutdownWithTimeout(a.cfg.ShutdownTimeout); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return <-errc
+}
+
+// Close releases connections.
+func (a *App) Close() {
+	if a.redis != nil {
+		a.redis.Close()
+	}
+	if a.db != nil {
+		if sqlDB, err := a.db.DB(); err == nil {
+			sqlDB.Close()
+		}
+	}
+}

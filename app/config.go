@@ -1,0 +1,184 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything keyrelay reads from its environment. It is built once
+// in main and passed down; nothing else reads the environment.
+type Config struct {
+	Env            string // development | production
+	DatabaseURL    string // owner: creates the database, migrates
+	AppDatabaseURL string // application role: bound by row-level security
+	RedisURL       string
+	Listen         string
+	BaseURL        string
+	SecretKey      []byte
+	OperatorToken  string
+	PluginsDir     string
+	StateDir       string // development secrets live here (git-ignored)
+
+	SessionTTL      time.Duration
+	SessionIdle     time.Duration
+	BodyLimit       int
+	ShutdownTimeout time.Duration
+	AuthRateLimit   string // ulule/limiter format, per client IP on sign-in calls
+	HashConcurrency int    // argon2id hashes running at once (19 MiB each)
+}
+
+// Production reports whether development defaults are forbidden.
+func (c Config) Production() bool { return c.Env == "production" }
+
+const (
+	defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/keyrelay?sslmode=disable"
+	defaultRedisURL    = "redis://127.0.0.1:6379/0"
+	defaultListen      = "127.0.0.1:8080"
+	defaultBaseURL     = "http://localhost:8080"
+)
+
+// LoadConfig reads the KEYRELAY_* variables through getenv. In development
+// it fills in working local defaults (creating a secret key and operator
+// token once under the state directory); in production it refuses to start
+// with any of them and names every missing or unsafe setting.
+func LoadConfig(getenv func(string) string) (Config, error) {
+	get := func(name, def string) string {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			return v
+		}
+		return def
+	}
+	c := Config{
+		Env:             get("KEYRELAY_ENV", "development"),
+		DatabaseURL:     get("KEYRELAY_DATABASE_URL", defaultDatabaseURL),
+		RedisURL:        get("KEYRELAY_REDIS_URL", defaultRedisURL),
+		Listen:          get("KEYRELAY_LISTEN", defaultListen),
+		BaseURL:         strings.TrimRight(get("KEYRELAY_BASE_URL", defaultBaseURL), "/"),
+		OperatorToken:   getenv("KEYRELAY_OPERATOR_TOKEN"),
+		PluginsDir:      getenv("KEYRELAY_PLUGINS_DIR"),
+		StateDir:        get("KEYRELAY_STATE_DIR", ".keyrelay"),
+		AuthRateLimit:   get("KEYRELAY_AUTH_RATE_LIMIT", "60-M"),
+		BodyLimit:       1 << 20,
+		ShutdownTimeout: 30 * time.Second,
+	}
+	if c.Env != "development" && c.Env != "production" {
+		return c, fmt.Errorf("KEYRELAY_ENV must be development or production, not %q", c.Env)
+	}
+	var problems []string
+	var err error
+	if c.SessionTTL, err = duration(get("KEYRELAY_SESSION_TTL", "12h")); err != nil {
+		problems = append(problems, "KEYRELAY_SESSION_TTL: "+err.Error())
+	}
+	if c.SessionIdle, err = duration(get("KEYRELAY_SESSION_IDLE", "30m")); err != nil {
+		problems = append(problems, "KEYRELAY_SESSION_IDLE: "+err.Error())
+	}
+	if c.HashConcurrency, err = strconv.Atoi(get("KEYRELAY_HASH_CONCURRENCY", "4")); err != nil || c.HashConcurrency < 1 {
+		problems = append(problems, "KEYRELAY_HASH_CONCURRENCY: must be a positive number")
+	}
+	c.AppDatabaseURL = get("KEYRELAY_APP_DATABASE_URL", "")
+	if c.AppDatabaseURL == "" {
+		c.AppDatabaseURL, err = withUser(c.DatabaseURL, "keyrelay_app")
+		if err != nil {
+			problems = append(problems, "KEYRELAY_DATABASE_URL: "+err.Error())
+		}
+	}
+	if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		problems = append(problems, "KEYRELAY_BASE_URL: must be an absolute http(s) URL")
+	}
+
+	secret := getenv("KEYRELAY_SECRET_KEY")
+	if c.Production() {
+		if secret == "" {
+			problems = append(problems, "KEYRELAY_SECRET_KEY is required in production (32 random bytes, base64: openssl rand -base64 32)")
+		}
+		if c.OperatorToken == "" {
+			problems = append(problems, "KEYRELAY_OPERATOR_TOKEN is required in production")
+		} else if len(c.OperatorToken) < 32 {
+			problems = append(problems, "KEYRELAY_OPERATOR_TOKEN must be at least 32 characters")
+		}
+		if !strings.HasPrefix(c.BaseURL, "https://") {
+			problems = append(problems, "KEYRELAY_BASE_URL must be https:// in production (links in emails and secure cookies depend on it)")
+		}
+		if c.PluginsDir == "" {
+			problems = append(problems, "KEYRELAY_PLUGINS_DIR is required in production (the bundled development mailbox delivers nothing)")
+		}
+	} else {
+		if secret == "" {
+			if secret, err = devSecret(c.StateDir, "secret-key", 32); err != nil {
+				problems = append(problems, "KEYRELAY_SECRET_KEY: "+err.Error())
+			}
+		}
+		if c.OperatorToken == "" {
+			if c.OperatorToken, err = devSecret(c.StateDir, "operator-token", 32); err != nil {
+				problems = append(problems, "KEYRELAY_OPERATOR_TOKEN: "+err.Error())
+			}
+		}
+	}
+	if secret != "" {
+		key, err := base64.StdEncoding.DecodeString(secret)
+		if err != nil || len(key) != 32 {
+			problems = append(problems, "KEYRELAY_SECRET_KEY must be 32 bytes, base64-encoded")
+		}
+		c.SecretKey = key
+	}
+	if len(problems) > 0 {
+		return c, errors.New("configuration: " + strings.Join(problems, "; "))
+	}
+	return c, nil
+}
+
+func duration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("must be a positive duration such as 30m")
+	}
+	return d, nil
+}
+
+func withUser(rawURL, user string) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", fmt.Errorf("not a URL")
+	}
+	u.User = url.User(user)
+	return u.String(), nil
+}
+
+// devSecret returns a random value kept in dir/name, creating it once, so a
+// development install keeps its secrets across restarts without any setup.
+func devSecret(dir, name string, n int) (string, error) {
+	path := filepath.Join(dir, name)
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", dir, err)
+	}
+	buf := make([]byte, n)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	v := base64.StdEncoding.EncodeToString(buf)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		// Another process created it first; use theirs.
+		b, err := os.ReadFile(path)
+		return strings.TrimSpace(string(b)), err
+	}
+	if err != nil {
+		return "", fmt.Errorf("create %s: %w", path, err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(v + "\n"); err != nil {
+		return "", err
+	}
+	return v, nil
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keyrelay/keyrelay/tenants"
+)
+
+const (
+	headerIdempotencyKey = "Idempotency-Key"
+	idempotencyTTL       = 24 * time.Hour
+)
+
+// idemRecord is what is kept per key. The response is sealed with the
+// secret key: it may hold a secret shown once (a new API key).
+type idemRecord struct {
+	State       string `json:"state"` // pending | done
+	BodyHash    string `json:"body_hash"`
+	Status      int    `json:"status,omitempty"`
+	ContentType string `json:"content_type,omitempty"`
+	Sealed      []byte `json:"sealed,omitempty"`
+}
+
+// idempotent replays the stored answer of a POST retried with the same
+// Idempotency-Key and body, refuses the same key with another body (422),
+// and answers 409 while the first request is still running. Keys are
+// scoped to the caller's credential, so two callers can never see each
+// other's answers. 5xx answers are not stored: the retry runs again.
+//
+// It sits outside the tenant transaction, so what it stores is only ever an
+// answer whose transaction has already committed.
+func (a *App) idempotent(c *fiber.Ctx) error {
+	key := c.Get(headerIdempotencyKey)
+	if key == "" {
+		return c.Next()
+	}
+	if len(key) > 255 {
+		return &tenants.Error{Code: tenants.EInvalid, Message: "Idempotency-Key must be at most 255 characters", Fields: []tenants.FieldError{{Field: headerIdempotencyKey, Message: "too long"}}}
+	}
+	scope := sha256.Sum256([]byte(credential(c)))
+	rk := sha256.Sum256(bytes.Join([][]byte{scope[:], []byte(c.Method()), []byte(c.Route().Path), []byte(key)}, []byte{0}))
+	redisKey := "keyrelay:idem:" + hex.EncodeToString(rk[:])
+	bh := sha256.Sum256(c.Body())
+	bodyHash := hex.EncodeToString(bh[:])
+	ctx := c.UserContext()
+
+	pending, _ := json.Marshal(idemRecord{State: "pending", BodyHash: bodyHash})
+	claimed, err := a.redis.SetNX(ctx, redisKey, pending, idempotencyTTL).Result()
+	if err != nil {
+		return &tenants.Error{Code: tenants.EUnavailable, Message: "idempotency store unavailable", Err: err}
+	}
+	if !claimed {
+		return a.replay(c, redisKey, bodyHash)
+	}
+
+	if err := c.Next(); err != nil {
+		if herr := a.errorHandler(c, err); herr != nil {
+			a.redis.Del(ctx, redisKey)
+			return herr
+		}
+	}
+	status := c.Response().StatusCode()
+	if status >= 500 {
+		a.redis.Del(ctx, redisKey)
+		return nil
+	}
+	sealed, err := a.box.Seal(c.Response().Body(), []byte(redisKey))
+	if err != nil {
+		a.redis.Del(ctx, redisKey)
+		return nil
+	}
+	done, _ := json.Marshal(idemRecord{State: "done", BodyHash: bodyHash, Status: status, ContentType: string(c.Response().Header.ContentType()), Sealed: sealed})
+	if err := a.redis.Set(ctx, redisKey, done, idempotencyTTL).Err(); err != nil {
+		a.log.WarnContext(ctx, "idempotency: could not store the answer", "request_id", requestID(c), "err", err)
+	}
+	return nil
+}
+
+func (a *App) replay(c *fiber.Ctx, redisKey, bodyHash string) error {
+	raw, err := a.redis.Get(c.UserContext(), redisKey).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return tenants.Errorf(tenants.EConflict, "a request with this Idempotency-Key just finished; retry")
+	}
+	if err != nil {
+		return &tenants.Error{Code: tenants.EUnavailable, Message: "idempotency store unavailable", Err: err}
+	}
+	var rec idemRecord
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return err
+	}
+	if rec.BodyHash != bodyHash {
+		return &tenants.Error{Code: tenants.EInvalid, Message: "this Idempotency-Key was used with a different request body", Fields: []tenants.FieldError{{Field: headerIdempotencyKey, Message: "reused with a different body"}}}
+	}
+	if rec.State != "done" {
+		return tenants.Errorf(tenants.EConflict, "a request with this Idempotency-Key is still in progress")
+	}
+	body, err := a.box.Open(rec.Sealed, []byte(redisKey))
+	if err != nil {
+		return err
+	}
+	c.Set("Idempotent-Replayed", "true")
+	c.Set(fiber.HeaderContentType, rec.ContentType)
+	return c.Status(rec.Status).Send(body)
+}

@@ -1,0 +1,98 @@
+// Command keyrelay is the whole service in one binary:
+//
+//	keyrelay [serve]   run the HTTP API (and, in development, migrate first)
+//	keyrelay migrate   create the database and roles, apply migrations
+//	keyrelay worker    run background workers alone
+//	keyrelay version   print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keyrelay:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd = args[0]
+	}
+	if cmd == "version" {
+		fmt.Fprintln(stdout, "keyrelay", buildVersion())
+		return nil
+	}
+	cfg, err := LoadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	switch cmd {
+	case "serve":
+		return serve(ctx, cfg, log, stdout)
+	case "migrate":
+		return Migrate(ctx, cfg, log)
+	case "worker":
+		return errors.New("worker: this build has no background job handlers yet; `serve` covers everything it does")
+	default:
+		return fmt.Errorf("unknown command %q (want serve, migrate, worker or version)", cmd)
+	}
+}
+
+func serve(ctx context.Context, cfg Config, log *slog.Logger, stdout io.Writer) error {
+	if !cfg.Production() {
+		if err := Migrate(ctx, cfg, log); err != nil {
+			return err
+		}
+	}
+	a, err := NewApp(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	if !cfg.Production() {
+		if err := a.ensureDemo(ctx, stdout); err != nil {
+			return fmt.Errorf("demo tenant: %w", err)
+		}
+	}
+	return a.Serve(ctx)
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	if cfg.Production() {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+func buildVersion() string {
+	if version != "dev" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return "dev-" + s.Value
+			}
+		}
+	}
+	return version
+}

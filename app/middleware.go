@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/accounts"
+)
+
+type requestIDKey struct{}
+
+const headerRequestID = "X-Request-Id"
+
+// withRequestID gives every request an id, echoed in the response and put in
+// every log line about it. A caller's own id is kept when it looks sane.
+func withRequestID(c *fiber.Ctx) error {
+	id := c.Get(headerRequestID)
+	if !saneID(id) {
+		var b [12]byte
+		rand.Read(b[:])
+		id = hex.EncodeToString(b[:])
+	}
+	c.Set(headerRequestID, id)
+	c.Locals(requestIDKey{}, id)
+	c.SetUserContext(context.WithValue(c.UserContext(), requestIDKey{}, id))
+	return c.Next()
+}
+
+func saneID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+func requestID(c *fiber.Ctx) string {
+	id, _ := c.Locals(requestIDKey{}).(string)
+	return id
+}
+
+// accessLog writes one line per request. It logs the route pattern and the
+// path without its query string: neither carries tokens or codes.
+func (a *App) accessLog(c *fiber.Ctx) error {
+	start := time.Now()
+	err := c.Next()
+	if err != nil {
+		// Let the error handler write the response now, so the status logged
+		// is the one the client gets.
+		if herr := a.errorHandler(c, err); herr != nil {
+			return herr
+		}
+	}
+	attrs := []any{"request_id", requestID(c), "method", c.Method(), "path", c.Path(), "route", c.Route().Path,
+		"status", c.Response().StatusCode(), "duration_ms", time.Since(start).Milliseconds()}
+	if t, ok := tenants.TenantOf(c.UserContext()); ok {
+		attrs = append(attrs, "tenant_id", t.String())
+	}
+	a.log.InfoContext(c.UserContext(), "request", attrs...)
+	return nil
+}
+
+// credential returns the bearer token or session cookie of the request.
+func credential(c *fiber.Ctx) string {
+	if h := c.Get(fiber.HeaderAuthorization); h != "" {
+		if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
+			return strings.TrimSpace(tok)
+		}
+		return ""
+	}
+	return c.Cookies(accounts.CookieName)
+}
+
+// authenticate resolves the caller and opens the request's tenant
+// transaction: every query of the handler runs in it, and it commits only
+// when the handler succeeded, so a failed request leaves nothing
+// half-written.
+func (a *App) authenticate(c *fiber.Ctx) error {
+	tok := credential(c)
+	tenantID, ok := accounts.TenantOfToken(tok)
+	if !ok {
+		return tenants.Errorf(tenants.EUnauthorized, "sign in first: send a session token (Authorization: Bearer …) or the session cookie")
+	}
+	ctx := c.UserContext()
+	tx, err := a.scope.Begin(ctx, tenantID)
+	if err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tx.Rollback()
+		}
+	}()
+	ctx = tenants.WithTx(ctx, tenantID, tx)
+	p, err := a.accounts.Authenticate(ctx, tok)
+	if err != nil {
+		// The lookup may have touched nothing, but a failed authentication
+		// must still not keep the transaction.
+		return err
+	}
+	c.SetUserContext(tenants.WithPrincipal(ctx, p))
+	if err := c.Next(); err != nil {
+		return err
+	}
+	if c.Response().StatusCode() >= 400 {
+		return nil
+	}
+	if err := tx.Commit().Error; err != nil {
+		return err
+	}
+	committed = true
+	return nil
+}
+
+// role lets through callers whose role is at least min. Domain services
+// check again: this is the route table's readable statement of who may call.
+func role(min tenants.Role) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		if _, err := tenants.Require(c.UserContext(), min); err != nil {
+			return err
+		}
+		return c.Next()
+	}
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/accounts"
+)
+
+// newHTTP builds the Fiber app. Every endpoint of every surface is listed
+// here with its middleware, so the whole product reads in one place.
+func (a *App) newHTTP() (*fiber.App, error) {
+	app := fiber.New(fiber.Config{
+		AppName:               "keyrelay",
+		BodyLimit:             a.cfg.BodyLimit,
+		ErrorHandler:          a.errorHandler,
+		DisableStartupMessage: true,
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          30 * time.Second,
+		IdleTimeout:           2 * time.Minute,
+	})
+	app.Use(withRequestID, a.accessLog)
+
+	signin, err := a.perIP("signin", a.cfg.AuthRateLimit)
+	if err != nil {
+		return nil, err
+	}
+	acc := accounts.NewHandlers(a.accounts, a.secureCookies())
+	auth := a.authenticate
+	idem := a.idempotent
+	admin := role(tenants.RoleAdmin)
+
+	app.Get("/healthz", a.healthz)
+	app.Get("/readyz", a.readyz)
+
+	v1 := app.Group("/api/v1")
+	v1.Get("/openapi.json", serveOpenAPI)
+
+	// Accounts
+	v1.Post("/signup", signin, idem, acc.Signup)
+	v1.Post("/auth/login", signin, acc.Login)
+	v1.Post("/auth/logout", auth, acc.Logout)
+	v1.Post("/auth/password/forgot", signin, acc.ForgotPassword)
+	v1.Post("/auth/password/reset", signin, acc.ResetPassword)
+	v1.Get("/me", auth, acc.Me)
+	v1.Put("/me/password", auth, acc.ChangePassword)
+	v1.Get("/users", auth, admin, acc.ListUsers)
+	v1.Post("/users", idem, auth, admin, acc.CreateUser)
+	v1.Get("/users/:id", auth, acc.GetUser)
+	v1.Patch("/users/:id", auth, admin, acc.UpdateUser)
+	v1.Get("/api-keys", auth, admin, acc.ListAPIKeys)
+	v1.Post("/api-keys", idem, auth, admin, acc.CreateAPIKey)
+	v1.Delete("/api-keys/:id", auth, admin, acc.RevokeAPIKey)
+
+	app.Use(func(c *fiber.Ctx) error {
+		return tenants.Errorf(tenants.ENotFound, "no such endpoint: %s %s", c.Method(), c.Path())
+	})
+	return app, nil
+}
+
+// secureCookies is true when clients reach keyrelay over TLS.
+func (a *App) secureCookies() bool { return len(a.cfg.BaseURL) > 8 && a.cfg.BaseURL[:8] == "https://" }

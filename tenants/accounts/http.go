@@ -1,0 +1,239 @@
+package accounts
+
+import (
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/web"
+)
+
+// CookieName is the session cookie.
+const CookieName = "keyrelay_session"
+
+// Handlers serves the account calls of /api/v1. Handlers are thin: decode,
+// call the service, encode.
+type Handlers struct {
+	svc *Service
+	// secureCookie marks the session cookie Secure; set when the service is
+	// reached over TLS (its base URL is https).
+	secureCookie bool
+}
+
+// NewHandlers returns the account handlers.
+func NewHandlers(svc *Service, secureCookie bool) *Handlers {
+	return &Handlers{svc: svc, secureCookie: secureCookie}
+}
+
+// UserView is a user as the API shows it.
+type UserView struct {
+	ID        uuid.UUID    `json:"id"`
+	Name      string       `json:"name"`
+	Email     string       `json:"email"`
+	Phone     *string      `json:"phone"`
+	Role      tenants.Role `json:"role"`
+	Disabled  bool         `json:"disabled"`
+	CreatedAt time.Time    `json:"created_at"`
+}
+
+func viewUser(u User) UserView {
+	return UserView{ID: u.ID, Name: u.Name, Email: u.Email, Phone: u.Phone, Role: u.Role, Disabled: u.DisabledAt != nil, CreatedAt: u.CreatedAt.UTC()}
+}
+
+// Signup handles POST /signup.
+func (h *Handlers) Signup(c *fiber.Ctx) error {
+	var in SignupInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	t, u, err := h.svc.Signup(c.UserContext(), in)
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"tenant_id": t.TenantID, "user_id": u.ID})
+}
+
+// Login handles POST /auth/login.
+func (h *Handlers) Login(c *fiber.Ctx) error {
+	var in LoginInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	in.UserAgent = c.Get(fiber.HeaderUserAgent)
+	tok, sess, err := h.svc.Login(c.UserContext(), in)
+	if err != nil {
+		return err
+	}
+	c.Cookie(&fiber.Cookie{Name: CookieName, Value: tok, Path: "/", Expires: sess.ExpiresAt, HTTPOnly: true, Secure: h.secureCookie, SameSite: fiber.CookieSameSiteLaxMode})
+	return c.JSON(fiber.Map{"token": tok, "expires_at": sess.ExpiresAt.UTC()})
+}
+
+// Logout handles POST /auth/logout.
+func (h *Handlers) Logout(c *fiber.Ctx) error {
+	if err := h.svc.Logout(c.UserContext()); err != nil {
+		return err
+	}
+	c.Cookie(&fiber.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, Expires: time.Unix(0, 0), HTTPOnly: true, Secure: h.secureCookie, SameSite: fiber.CookieSameSiteLaxMode})
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+type forgotInput struct {
+	Email string `json:"email"`
+}
+
+// ForgotPassword handles POST /auth/password/forgot.
+func (h *Handlers) ForgotPassword(c *fiber.Ctx) error {
+	var in forgotInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	if err := h.svc.ForgotPassword(c.UserContext(), in.Email); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusAccepted)
+}
+
+type resetInput struct {
+	Token       string `json:"token"`
+	NewPassword string `json:"new_password"`
+}
+
+// ResetPassword handles POST /auth/password/reset.
+func (h *Handlers) ResetPassword(c *fiber.Ctx) error {
+	var in resetInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	if err := h.svc.ResetPassword(c.UserContext(), in.Token, in.NewPassword); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// Me handles GET /me.
+func (h *Handlers) Me(c *fiber.Ctx) error {
+	u, err := h.svc.Me(c.UserContext())
+	if err != nil {
+		return err
+	}
+	return c.JSON(viewUser(u))
+}
+
+type changePasswordInput struct {
+	CurrentPassword string `json:"current_password"`
+	NewPassword     string `json:"new_password"`
+}
+
+// ChangePassword handles PUT /me/password.
+func (h *Handlers) ChangePassword(c *fiber.Ctx) error {
+	var in changePasswordInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	if err := h.svc.ChangePassword(c.UserContext(), in.CurrentPassword, in.NewPassword); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// ListUsers handles GET /users.
+func (h *Handlers) ListUsers(c *fiber.Ctx) error {
+	page, err := web.PageOf(c)
+	if err != nil {
+		return err
+	}
+	us, err := h.svc.ListUsers(c.UserContext(), page.After, page.Limit)
+	if err != nil {
+		return err
+	}
+	views := make([]UserView, len(us))
+	for i, u := range us {
+		views[i] = viewUser(u)
+	}
+	return c.JSON(web.NewList(views, page.Limit, func(v UserView) uuid.UUID { return v.ID }))
+}
+
+// CreateUser handles POST /users.
+func (h *Handlers) CreateUser(c *fiber.Ctx) error {
+	var in NewUserInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	u, err := h.svc.CreateUser(c.UserContext(), in)
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(viewUser(u))
+}
+
+// GetUser handles GET /users/{id}.
+func (h *Handlers) GetUser(c *fiber.Ctx) error {
+	id, err := web.ID(c, "id", "user")
+	if err != nil {
+		return err
+	}
+	u, err := h.svc.GetUser(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(viewUser(u))
+}
+
+// UpdateUser handles PATCH /users/{id}.
+func (h *Handlers) UpdateUser(c *fiber.Ctx) error {
+	id, err := web.ID(c, "id", "user")
+	if err != nil {
+		return err
+	}
+	var in UserPatch
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	u, err := h.svc.UpdateUser(c.UserContext(), id, in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(viewUser(u))
+}
+
+// CreateAPIKey handles POST /api-keys; the key is in the answer once.
+func (h *Handlers) CreateAPIKey(c *fiber.Ctx) error {
+	var in NewAPIKeyInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	k, tok, err := h.svc.CreateAPIKey(c.UserContext(), in)
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(struct {
+		APIKey
+		Key string `json:"key"`
+	}{k, tok})
+}
+
+// ListAPIKeys handles GET /api-keys.
+func (h *Handlers) ListAPIKeys(c *fiber.Ctx) error {
+	ks, err := h.svc.ListAPIKeys(c.UserContext())
+	if err != nil {
+		return err
+	}
+	if ks == nil {
+		ks = []APIKey{}
+	}
+	return c.JSON(fiber.Map{"items": ks})
+}
+
+// RevokeAPIKey handles DELETE /api-keys/{id}.
+func (h *Handlers) RevokeAPIKey(c *fiber.Ctx) error {
+	id, err := web.ID(c, "id", "API key")
+	if err != nil {
+		return err
+	}
+	if err := h.svc.RevokeAPIKey(c.UserContext(), id); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}

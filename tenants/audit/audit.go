@@ -1,0 +1,66 @@
+// Package audit is the tenant's append-only log of who did what. Entries are
+// written in the transaction of the change they record; the application role
+// may insert and read them but never change or delete one.
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants"
+)
+
+// Event is one audit entry. Details must never hold secrets.
+type Event struct {
+	TenantID  uuid.UUID       `gorm:"primaryKey" json:"-"`
+	ID        uuid.UUID       `gorm:"primaryKey" json:"id"`
+	Actor     string          `json:"actor"`
+	Action    string          `json:"action"`
+	Target    string          `json:"target"`
+	Details   json.RawMessage `gorm:"type:jsonb" json:"details"`
+	CreatedAt time.Time       `json:"created_at"`
+}
+
+func (Event) TableName() string { return "audit_events" }
+
+// Record appends an entry in ctx's tenant transaction.
+func Record(ctx context.Context, actor, action, target string, details map[string]string) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	tenantID, _ := tenants.TenantOf(ctx)
+	id, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	if details == nil {
+		details = map[string]string{}
+	}
+	raw, err := json.Marshal(details)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	ev := Event{TenantID: tenantID, ID: id, Actor: actor, Action: action, Target: target, Details: raw, CreatedAt: time.Now()}
+	if err := tx.Create(&ev).Error; err != nil {
+		return fmt.Errorf("audit: record %s: %w", action, err)
+	}
+	return nil
+}
+
+// List returns ctx's tenant's entries, newest first.
+func List(ctx context.Context, limit int) ([]Event, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var evs []Event
+	if err := tx.Order("created_at DESC, id DESC").Limit(limit).Find(&evs).Error; err != nil {
+		return nil, fmt.Errorf("audit: list: %w", err)
+	}
+	return evs, nil
+}

@@ -1,0 +1,72 @@
+package tenants
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+)
+
+// Role is what a user or API key may do within its tenant. The order matters:
+// a higher role may do everything a lower one may.
+type Role string
+
+const (
+	RoleVisitor Role = "visitor"
+	RoleStaff   Role = "staff"
+	RoleAdmin   Role = "admin"
+	RoleOwner   Role = "owner"
+)
+
+var roleRank = map[Role]int{RoleVisitor: 1, RoleStaff: 2, RoleAdmin: 3, RoleOwner: 4}
+
+// Valid reports whether r is one of the four roles.
+func (r Role) Valid() bool { return roleRank[r] > 0 }
+
+// AtLeast reports whether r grants at least min.
+func (r Role) AtLeast(min Role) bool { return roleRank[r] >= roleRank[min] && roleRank[r] > 0 }
+
+// Principal is the authenticated caller of a request.
+type Principal struct {
+	TenantID  uuid.UUID
+	UserID    uuid.UUID // zero for API keys
+	APIKeyID  uuid.UUID // zero for sessions
+	SessionID uuid.UUID // zero for API keys
+	Role      Role
+}
+
+// Actor names the principal in audit entries without revealing secrets.
+func (p Principal) Actor() string {
+	if p.APIKeyID != uuid.Nil {
+		return "api_key:" + p.APIKeyID.String()
+	}
+	return "user:" + p.UserID.String()
+}
+
+type principalKey struct{}
+
+// WithPrincipal returns a context carrying p.
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// PrincipalFrom returns the caller, or an unauthorized error when the request
+// is anonymous.
+func PrincipalFrom(ctx context.Context) (Principal, error) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	if !ok {
+		return Principal{}, Errorf(EUnauthorized, "authentication required")
+	}
+	return p, nil
+}
+
+// Require returns the caller when its role is at least min.
+func Require(ctx context.Context, min Role) (Principal, error) {
+	p, err := PrincipalFrom(ctx)
+	if err != nil {
+		return p, err
+	}
+	if !p.Role.AtLeast(min) {
+		return p, Errorf(EForbidden, "this action needs the %s role or higher", min)
+	}
+	return p, nil
+}
