@@ -7,6 +7,7 @@ package tenants
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -63,7 +64,11 @@ func NotFound(what string) *Error {
 
 // Invalid reports validation failures; each field is listed.
 func Invalid(fields ...FieldError) *Error {
-	return &Error{Code: EInvalid, Message: "the request has invalid fields", Fields: fields}
+	parts := make([]string, len(fields))
+	for i, f := range fields {
+		parts[i] = f.Field + " " + f.Message
+	}
+	return &Error{Code: EInvalid, Message: strings.Join(parts, "; "), Fields: fields}
 }
 
 // RateLimited asks the caller to wait.

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestConfigDefaults(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := LoadConfig(envOf(map[string]string{"KEYRELAY_STATE_DIR": dir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DatabaseURL != defaultDatabaseURL || cfg.RedisURL != defaultRedisURL || cfg.Listen != defaultListen || cfg.BaseURL != defaultBaseURL {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	if !strings.Contains(cfg.AppDatabaseURL, "keyrelay_app@127.0.0.1:5432/keyrelay") {
+		t.Fatalf("app URL %q", cfg.AppDatabaseURL)
+	}
+	if len(cfg.SecretKey) != 32 || cfg.OperatorToken == "" {
+		t.Fatal("development secrets not generated")
+	}
+	info, err := os.Stat(filepath.Join(dir, "secret-key"))
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file: %v %v", info, err)
+	}
+	again, _ := LoadConfig(envOf(map[string]string{"KEYRELAY_STATE_DIR": dir}))
+	if !bytes.Equal(again.SecretKey, cfg.SecretKey) || again.OperatorToken != cfg.OperatorToken {
+		t.Fatal("development secrets change between starts")
+	}
+}
+
+func TestConfigProductionRefusesDevDefaults(t *testing.T) {
+	_, err := LoadConfig(envOf(map[string]string{"KEYRELAY_ENV": "production", "KEYRELAY_STATE_DIR": t.TempDir()}))
+	if err == nil {
+		t.Fatal("production started with development defaults")
+	}
+	for _, name := range []string{"KEYRELAY_SECRET_KEY", "KEYRELAY_OPERATOR_TOKEN", "KEYRELAY_BASE_URL", "KEYRELAY_PLUGINS_DIR"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error does not name %s: %v", name, err)
+		}
+	}
+	t.Run("OK", func(t *testing.T) {
+		_, err := LoadConfig(envOf(map[string]string{
+			"KEYRELAY_ENV":            "production",
+			"KEYRELAY_SECRET_KEY":     "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+			"KEYRELAY_OPERATOR_TOKEN": strings.Repeat("t", 40),
+			"KEYRELAY_BASE_URL":       "https://keys.example.com",
+			"KEYRELAY_PLUGINS_DIR":    "/opt/keyrelay/plugins",
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("ErrBadSecretKey", func(t *testing.T) {
+		_, err := LoadConfig(envOf(map[string]string{"KEYRELAY_SECRET_KEY": "c2hvcnQ=", "KEYRELAY_STATE_DIR": t.TempDir()}))
+		if err == nil || !strings.Contains(err.Error(), "32 bytes") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+// TestUnreachableDependenciesSayHowToStart checks the one-line message a
+// newcomer sees when PostgreSQL or Redis is not running.
+func TestUnreachableDependenciesSayHowToStart(t *testing.T) {
+	t.Run("PostgreSQL", func(t *testing.T) {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), []string{"migrate"}, envOf(map[string]string{
+			"KEYRELAY_DATABASE_URL": "postgres://postgres@127.0.0.1:1/keyrelay?sslmode=disable",
+			"KEYRELAY_STATE_DIR":    t.TempDir(),
+		}), &out, &errOut)
+		if err == nil {
+			t.Fatal("no error")
+		}
+		msg := err.Error()
+		for _, want := range []string{"cannot reach PostgreSQL at 127.0.0.1:1", "pg_ctlcluster"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%q lacks %q", msg, want)
+			}
+		}
+		if strings.Contains(msg, "\n") {
+			t.Errorf("not one line: %q", msg)
+		}
+	})
+	t.Run("Redis", func(t *testing.T) {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), []string{"serve"}, envOf(map[string]string{
+			"KEYRELAY_DATABASE_URL":     testDB.OwnerURL,
+			"KEYRELAY_APP_DATABASE_URL": testDB.AppURL,
+			"KEYRELAY_REDIS_URL":        "redis://127.0.0.1:1/0",
+			"KEYRELAY_STATE_DIR":        t.TempDir(),
+		}), &out, &errOut)
+		if err == nil {
+			t.Fatal("no error")
+		}
+		msg := err.Error()
+		for _, want := range []string{"cannot reach Redis at 127.0.0.1:1", "redis-server"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%q lacks %q", msg, want)
+			}
+		}
+		if strings.Contains(msg, "\n") {
+			t.Errorf("not one line: %q", msg)
+		}
+	})
+}
+
+func TestVersionCommand(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, envOf(nil), &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "keyrelay ") {
+		t.Fatalf("version printed %q", out.String())
+	}
+	if err := run(context.Background(), []string{"frobnicate"}, envOf(map[string]string{"KEYRELAY_STATE_DIR": t.TempDir()}), &out, &out); err == nil {
+		t.Fatal("unknown command accepted")
+	}
+}
+
+// TestDemoTenant runs the development start-up twice: the demo tenant is
+// made once, and its printed credentials sign in.
+func TestDemoTenant(t *testing.T) {
+	s := startServer(t)
+	for i := 0; i < 2; i++ {
+		var out bytes.Buffer
+		if err := s.app.ensureDemo(context.Background(), &out); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), demoEmail) || !strings.Contains(out.String(), demoPassword) {
+			t.Fatalf("start-up text lacks the demo credentials: %s", out.String())
+		}
+	}
+	if n := ownerExec(t, "SELECT 1 FROM users WHERE email = $1", demoEmail); n != 1 {
+		t.Fatalf("%d demo users, want 1", n)
+	}
+	c := s.login(t, demoEmail, demoPassword)
+	me := c.expect(t, 200, "GET", "/api/v1/me", nil).JSON(t)
+	if me["role"] != "owner" {
+		t.Fatalf("demo user = %v", me)
+	}
+}

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+func TestIdempotencyKey(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	body := map[string]any{"name": "Ida", "email": "ida-" + uuid.NewString()[:8] + "@example.com", "role": "staff"}
+	key := uuid.NewString()
+	first := f.Owner.expect(t, 201, "POST", "/api/v1/users", body, "Idempotency-Key", key)
+	t.Run("OKReplay", func(t *testing.T) {
+		again := f.Owner.expect(t, 201, "POST", "/api/v1/users", body, "Idempotency-Key", key)
+		if !bytes.Equal(first.Body, again.Body) {
+			t.Fatalf("replay differs:\n%s\n%s", first.Body, again.Body)
+		}
+		if again.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatal("replay not marked")
+		}
+		if n := ownerExec(t, "SELECT 1 FROM users WHERE email = $1", body["email"]); n != 1 {
+			t.Fatalf("%d users created, want 1", n)
+		}
+	})
+	t.Run("ErrOtherBody", func(t *testing.T) {
+		other := map[string]any{"name": "Ida", "email": "other-" + uuid.NewString()[:8] + "@example.com", "role": "staff"}
+		problemOf(t, f.Owner.do(t, "POST", "/api/v1/users", other, "Idempotency-Key", key), 422)
+	})
+	t.Run("ScopedToCaller", func(t *testing.T) {
+		// Another session using the same key runs its own request.
+		c := s.login(t, f.Email, f.Password)
+		problemOf(t, c.do(t, "POST", "/api/v1/users", body, "Idempotency-Key", key), 409) // the email exists now
+	})
+	t.Run("OKConcurrentRunsOnce", func(t *testing.T) {
+		b := map[string]any{"name": "Con", "email": "con-" + uuid.NewString()[:8] + "@example.com", "role": "staff"}
+		k := uuid.NewString()
+		var wg sync.WaitGroup
+		statuses := make(chan int, 8)
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				statuses <- f.Owner.do(t, "POST", "/api/v1/users", b, "Idempotency-Key", k).Status
+			}()
+		}
+		wg.Wait()
+		close(statuses)
+		for st := range statuses {
+			if st != 201 && st != 409 {
+				t.Errorf("status %d, want 201 or 409 (in progress)", st)
+			}
+		}
+		if n := ownerExec(t, "SELECT 1 FROM users WHERE email = $1", b["email"]); n != 1 {
+			t.Fatalf("%d users created, want 1", n)
+		}
+	})
+	t.Run("FailureNotKept", func(t *testing.T) {
+		k := uuid.NewString()
+		bad := map[string]any{"name": "", "email": "x", "role": "staff"}
+		problemOf(t, f.Owner.do(t, "POST", "/api/v1/users", bad, "Idempotency-Key", k), 422)
+		r := f.Owner.do(t, "POST", "/api/v1/users", bad, "Idempotency-Key", k)
+		if r.Header.Get("Idempotent-Replayed") != "true" || r.Status != 422 {
+			t.Fatalf("a 4xx answer is replayed too (status %d)", r.Status)
+		}
+	})
+}
+
+func TestHTTPConventions(t *testing.T) {
+	s := startServer(t)
+	c := s.client()
+	t.Run("RequestID", func(t *testing.T) {
+		r := c.do(t, "GET", "/healthz", nil)
+		if len(r.Header.Get("X-Request-Id")) < 16 {
+			t.Fatalf("no request id: %v", r.Header)
+		}
+		r = c.do(t, "GET", "/healthz", nil, "X-Request-Id", "trace-123")
+		if r.Header.Get("X-Request-Id") != "trace-123" {
+			t.Fatal("caller's request id not kept")
+		}
+		r = c.do(t, "GET", "/healthz", nil, "X-Request-Id", "bad id with spaces")
+		if strings.Contains(r.Header.Get("X-Request-Id"), " ") {
+			t.Fatal("unsafe request id echoed")
+		}
+	})
+	t.Run("ProblemForUnknownRoute", func(t *testing.T) {
+		p := problemOf(t, c.do(t, "GET", "/api/v1/nope", nil), 404)
+		if p["request_id"] == "" {
+			t.Fatal("problem without request id")
+		}
+	})
+	t.Run("Health", func(t *testing.T) {
+		c.expect(t, 200, "GET", "/healthz", nil)
+		m := c.expect(t, 200, "GET", "/readyz", nil).JSON(t)
+		if m["ready"] != true {
+			t.Fatalf("readyz = %v", m)
+		}
+	})
+}
+
+func TestReadyzReportsRedisDown(t *testing.T) {
+	p := newTCPProxy(t, "127.0.0.1:6379")
+	s := startServer(t, func(c *Config) { c.RedisURL = "redis://" + p.addr() + "/0" })
+	c := s.client()
+	c.expect(t, 200, "GET", "/readyz", nil)
+	p.cut()
+	m := c.do(t, "GET", "/readyz", nil)
+	if m.Status != 503 || !strings.Contains(string(m.Body), `"redis":"unreachable"`) || !strings.Contains(string(m.Body), `"postgres":"ok"`) {
+		t.Fatalf("readyz with Redis down: %d %s", m.Status, m.Body)
+	}
+	c.expect(t, 200, "GET", "/healthz", nil) // alive all the same
+}
+
+func TestLogsHoldNoSecrets(t *testing.T) {
+	var buf syncBuffer
+	s := startServerLogging(t, &buf)
+	f := s.signup(t)
+	c := s.client()
+	c.expect(t, 202, "POST", "/api/v1/auth/password/forgot", map[string]any{"email": f.Email})
+	resetTok := s.resetToken(t, f.ID, f.Email)
+	c.expect(t, 204, "POST", "/api/v1/auth/password/reset", map[string]any{"token": resetTok, "new_password": "fresh-secret-77"})
+	key := s.login(t, f.Email, "fresh-secret-77").expect(t, 201, "POST", "/api/v1/api-keys", map[string]any{"name": "k", "role": "staff"}).JSON(t)["key"].(string)
+	c.do(t, "POST", "/api/v1/auth/login", map[string]any{"email": f.Email, "password": "wrong-secret-55"})
+	logs := buf.String()
+	if !strings.Contains(logs, `"route":"/api/v1/auth/login"`) {
+		t.Fatalf("requests were not logged: %s", logs)
+	}
+	for _, secret := range []string{f.Password, "fresh-secret-77", "wrong-secret-55", resetTok, f.Owner.token, key, key[4:20]} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("a secret appears in the logs: %.12s…", secret)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestGracefulShutdown stops the server while a request is in flight: the
+// request still gets its answer.
+func TestGracefulShutdown(t *testing.T) {
+	cfg := testConfig(t)
+	a, err := NewApp(context.Background(), cfg, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ln := listenLoopback(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.serveOn(ctx, ln) }()
+	s := &server{t: t, app: a, url: "http://" + ln.Addr().String()}
+
+	answer := make(chan int, 1)
+	go func() {
+		// "forgot password" takes at least 300 ms by design.
+		answer <- s.client().do(t, "POST", "/api/v1/auth/password/forgot", map[string]any{"email": "slow@example.com"}).Status
+	}()
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	if st := <-answer; st != 202 {
+		t.Fatalf("in-flight request got %d during shutdown", st)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+}

@@ -1,0 +1,289 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/keyrelay/keyrelay/migrations/dbtest"
+	"github.com/keyrelay/keyrelay/tenants/outbox"
+)
+
+// The package's tests share one migrated database; every test makes its own
+// tenants, so they never see each other's rows.
+var testDB *dbtest.DB
+
+func TestMain(m *testing.M) {
+	var err error
+	testDB, err = dbtest.Create("app")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "app tests:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := testDB.Drop(); err != nil {
+		fmt.Fprintln(os.Stderr, "app tests: drop database:", err)
+	}
+	os.Exit(code)
+}
+
+func testConfig(t testing.TB) Config {
+	t.Helper()
+	env := map[string]string{
+		"KEYRELAY_DATABASE_URL":     testDB.OwnerURL,
+		"KEYRELAY_APP_DATABASE_URL": testDB.AppURL,
+		"KEYRELAY_STATE_DIR":        t.TempDir(),
+		"KEYRELAY_AUTH_RATE_LIMIT":  "100000-M",
+	}
+	if u := os.Getenv("KEYRELAY_TEST_REDIS_URL"); u != "" {
+		env["KEYRELAY_REDIS_URL"] = u
+	}
+	cfg, err := LoadConfig(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// server is a real keyrelay HTTP server on a loopback port.
+type server struct {
+	t   testing.TB
+	app *App
+	url string
+}
+
+// startServer runs the app on 127.0.0.1 until the test ends. mutate may
+// adjust the configuration first.
+func startServer(t testing.TB, mutate ...func(*Config)) *server {
+	t.Helper()
+	var logTo io.Writer = io.Discard
+	if testing.Verbose() {
+		logTo = os.Stderr
+	}
+	return startServerLogging(t, logTo, mutate...)
+}
+
+// startServerLogging is startServer with the logs written to logTo.
+func startServerLogging(t testing.TB, logTo io.Writer, mutate ...func(*Config)) *server {
+	t.Helper()
+	cfg := testConfig(t)
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	log := slog.New(slog.NewJSONHandler(logTo, nil))
+	a, err := NewApp(context.Background(), cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.serveOn(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		a.Close()
+	})
+	return &server{t: t, app: a, url: "http://" + ln.Addr().String()}
+}
+
+// client is one caller: it keeps its bearer token and cookies.
+type client struct {
+	s     *server
+	http  *http.Client
+	token string
+}
+
+func (s *server) client() *client {
+	jar, _ := cookiejar.New(nil)
+	return &client{s: s, http: &http.Client{Jar: jar, Timeout: 20 * time.Second}}
+}
+
+type response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (r response) JSON(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("response is not a JSON object: %v: %s", err, r.Body)
+	}
+	return m
+}
+
+// do sends body (marshalled unless it is a string) and returns the answer.
+func (c *client) do(t testing.TB, method, path string, body any, headers ...string) response {
+	t.Helper()
+	var rdr io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rdr = strings.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdr = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, c.s.url+path, rdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rdr != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	res, err := c.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	return response{Status: res.StatusCode, Header: res.Header, Body: raw}
+}
+
+// expect fails the test unless the answer has status want.
+func (c *client) expect(t testing.TB, want int, method, path string, body any, headers ...string) response {
+	t.Helper()
+	r := c.do(t, method, path, body, headers...)
+	if r.Status != want {
+		t.Fatalf("%s %s: status %d, want %d: %s", method, path, r.Status, want, r.Body)
+	}
+	return r
+}
+
+var seq atomic.Int64
+
+// tenantFixture is a signed-up tenant with its owner signed in.
+type tenantFixture struct {
+	ID       uuid.UUID
+	OwnerID  uuid.UUID
+	Email    string
+	Password string
+	Owner    *client
+}
+
+func (s *server) signup(t testing.TB) tenantFixture {
+	t.Helper()
+	n := seq.Add(1)
+	f := tenantFixture{Email: fmt.Sprintf("owner%d-%s@example.com", n, uuid.NewString()[:8]), Password: "correct-horse-42"}
+	c := s.client()
+	r := c.expect(t, 201, "POST", "/api/v1/signup", map[string]any{"company": fmt.Sprintf("Rentals %d", n), "name": "Olive Owner", "email": f.Email, "phone": "+14155550100", "password": f.Password})
+	m := r.JSON(t)
+	f.ID = uuid.MustParse(m["tenant_id"].(string))
+	f.OwnerID = uuid.MustParse(m["user_id"].(string))
+	f.Owner = s.login(t, f.Email, f.Password)
+	return f
+}
+
+func (s *server) login(t testing.TB, email, password string) *client {
+	t.Helper()
+	c := s.client()
+	r := c.expect(t, 200, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": password})
+	c.token = r.JSON(t)["token"].(string)
+	return c
+}
+
+// outboxOf returns the tenant's outbox rows, newest first, read through the
+// application role inside the tenant's scope, the way the relay will.
+func (s *server) outboxOf(t testing.TB, tenantID uuid.UUID) []outbox.Row {
+	t.Helper()
+	var rows []outbox.Row
+	err := s.app.scope.Do(context.Background(), tenantID, func(ctx context.Context) error {
+		var err error
+		rows, err = s.app.outbox.List(ctx, 100)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
+// ownerExec runs SQL as the database owner, bypassing row-level security:
+// for fixtures that the API cannot make, such as a session gone idle.
+func ownerExec(t testing.TB, sql string, args ...any) int64 {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), testDB.OwnerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	tag, err := conn.Exec(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return tag.RowsAffected()
+}
+
+// problemOf checks that r is a problem+json document of status and returns it.
+func problemOf(t testing.TB, r response, status int) map[string]any {
+	t.Helper()
+	if r.Status != status {
+		t.Fatalf("status %d, want %d: %s", r.Status, status, r.Body)
+	}
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/problem+json") {
+		t.Fatalf("Content-Type %q, want application/problem+json", ct)
+	}
+	p := r.JSON(t)
+	if p["type"] == nil || p["title"] == nil || p["status"] != float64(status) {
+		t.Fatalf("incomplete problem: %s", r.Body)
+	}
+	return p
+}
+
+// resetLink returns the token of the newest reset or invitation email to to.
+func (s *server) resetToken(t testing.TB, tenantID uuid.UUID, to string) string {
+	t.Helper()
+	for _, row := range s.outboxOf(t, tenantID) {
+		if row.Recipient == to && (row.Kind == "password_reset" || row.Kind == "invitation") {
+			link := row.Data["link"]
+			_, tok, ok := strings.Cut(link, "token=")
+			if !ok {
+				t.Fatalf("link without token: %q", link)
+			}
+			return tok
+		}
+	}
+	t.Fatalf("no reset email to %s in the outbox", to)
+	return ""
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func listenLoopback(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
