@@ -431,3 +431,34 @@ func TestTenantsIsolatedOverHTTP(t *testing.T) {
 		t.Fatal("a cross-tenant DELETE revoked a key")
 	}
 }
+
+// TestSameEmailInTwoTenants: a person can be a user of two businesses; the
+// password picks the account, and tenant_id picks it when asked.
+func TestSameEmailInTwoTenants(t *testing.T) {
+	s := startServer(t)
+	email := "shared-" + uuid.NewString()[:8] + "@example.com"
+	ids := map[string]string{}
+	for _, pw := range []string{"first-tenant-11", "second-tenant-22"} {
+		m := s.client().expect(t, 201, "POST", "/api/v1/signup", map[string]any{"company": "Co " + pw, "name": "Sam", "email": email, "phone": "+14155550100", "password": pw}).JSON(t)
+		ids[pw] = m["tenant_id"].(string)
+	}
+	for pw, tenant := range ids {
+		c := s.login(t, email, pw)
+		if got := c.expect(t, 200, "GET", "/api/v1/me", nil).JSON(t)["id"]; got == nil {
+			t.Fatal("no user")
+		}
+		if tok, _ := TenantOfTokenForTest(c.token); tok != tenant {
+			t.Errorf("password %q signed in to tenant %s, want %s", pw, tok, tenant)
+		}
+	}
+	problemOf(t, s.client().do(t, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": "first-tenant-11", "tenant_id": ids["second-tenant-22"]}), 401)
+}
+
+func TestSecureCookieOverTLS(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.BaseURL = "https://keys.example.com" })
+	f := s.signup(t)
+	r := s.client().expect(t, 200, "POST", "/api/v1/auth/login", map[string]any{"email": f.Email, "password": f.Password})
+	if !strings.Contains(r.Header.Get("Set-Cookie"), "secure") && !strings.Contains(r.Header.Get("Set-Cookie"), "Secure") {
+		t.Fatalf("cookie not Secure behind an https base URL: %q", r.Header.Get("Set-Cookie"))
+	}
+}

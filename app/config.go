@@ -31,8 +31,9 @@ type Config struct {
 	SessionIdle     time.Duration
 	BodyLimit       int
 	ShutdownTimeout time.Duration
-	AuthRateLimit   string // ulule/limiter format, per client IP on sign-in calls
-	HashConcurrency int    // argon2id hashes running at once (19 MiB each)
+	AuthRateLimit   string   // ulule/limiter format, per client IP on sign-in calls
+	TrustedProxies  []string // addresses or CIDRs whose X-Forwarded-For is believed
+	HashConcurrency int      // argon2id hashes running at once (19 MiB each)
 }
 
 // Production reports whether development defaults are forbidden.
@@ -68,6 +69,13 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		AuthRateLimit:   get("KEYRELAY_AUTH_RATE_LIMIT", "60-M"),
 		BodyLimit:       1 << 20,
 		ShutdownTimeout: 30 * time.Second,
+	}
+	if v := getenv("KEYRELAY_TRUSTED_PROXIES"); v != "" {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				c.TrustedProxies = append(c.TrustedProxies, p)
+			}
+		}
 	}
 	if c.Env != "development" && c.Env != "production" {
 		return c, fmt.Errorf("KEYRELAY_ENV must be development or production, not %q", c.Env)

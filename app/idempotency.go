@@ -33,7 +33,7 @@ type idemRecord struct {
 // Idempotency-Key and body, refuses the same key with another body (422),
 // and answers 409 while the first request is still running. Keys are
 // scoped to the caller's credential, so two callers can never see each
-// other's answers. 5xx answers are not stored: the retry runs again.
+// other's answers. 5xx and 401 answers are not stored.
 //
 // It sits outside the tenant transaction, so what it stores is only ever an
 // answer whose transaction has already committed.
@@ -45,7 +45,12 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 	if len(key) > 255 {
 		return &tenants.Error{Code: tenants.EInvalid, Message: "Idempotency-Key must be at most 255 characters", Fields: []tenants.FieldError{{Field: headerIdempotencyKey, Message: "too long"}}}
 	}
-	scope := sha256.Sum256([]byte(credential(c)))
+	// Anonymous callers (signup) are told apart by address as well.
+	who := credential(c)
+	if who == "" {
+		who = "anonymous:" + c.IP()
+	}
+	scope := sha256.Sum256([]byte(who))
 	rk := sha256.Sum256(bytes.Join([][]byte{scope[:], []byte(c.Method()), []byte(c.Route().Path), []byte(key)}, []byte{0}))
 	redisKey := "keyrelay:idem:" + hex.EncodeToString(rk[:])
 	bh := sha256.Sum256(c.Body())
@@ -68,7 +73,9 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 		}
 	}
 	status := c.Response().StatusCode()
-	if status >= 500 {
+	// Neither server failures nor unauthenticated calls are kept: the first
+	// should run again, and the second would let anyone fill the store.
+	if status >= 500 || status == fiber.StatusUnauthorized {
 		a.redis.Del(ctx, redisKey)
 		return nil
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/keyrelay/keyrelay/migrations/dbtest"
+	"github.com/keyrelay/keyrelay/tenants/accounts"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
 
@@ -286,4 +287,10 @@ func listenLoopback(t testing.TB) net.Listener {
 		t.Fatal(err)
 	}
 	return ln
+}
+
+// TenantOfTokenForTest names the tenant a session token belongs to.
+func TenantOfTokenForTest(tok string) (string, bool) {
+	id, ok := accounts.TenantOfToken(tok)
+	return id.String(), ok
 }

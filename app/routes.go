@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/gofiber/fiber/v2/middleware/recover"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -20,8 +21,14 @@ func (a *App) newHTTP() (*fiber.App, error) {
 		ReadTimeout:           30 * time.Second,
 		WriteTimeout:          30 * time.Second,
 		IdleTimeout:           2 * time.Minute,
+		// Client addresses (rate limits, logs) come from X-Forwarded-For only
+		// when the request arrives through a proxy we were told to trust.
+		EnableTrustedProxyCheck: len(a.cfg.TrustedProxies) > 0,
+		TrustedProxies:          a.cfg.TrustedProxies,
+		ProxyHeader:             proxyHeader(a.cfg.TrustedProxies),
 	})
-	app.Use(withRequestID, a.accessLog)
+	// recover turns a panic into a 500 for that request instead of a crash.
+	app.Use(withRequestID, a.accessLog, recover.New())
 
 	signin, err := a.perIP("signin", a.cfg.AuthRateLimit)
 	if err != nil {
@@ -45,7 +52,7 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Post("/auth/password/forgot", signin, acc.ForgotPassword)
 	v1.Post("/auth/password/reset", signin, acc.ResetPassword)
 	v1.Get("/me", auth, acc.Me)
-	v1.Put("/me/password", auth, acc.ChangePassword)
+	v1.Put("/me/password", signin, auth, acc.ChangePassword)
 	v1.Get("/users", auth, admin, acc.ListUsers)
 	v1.Post("/users", idem, auth, admin, acc.CreateUser)
 	v1.Get("/users/:id", auth, acc.GetUser)
@@ -62,3 +69,10 @@ func (a *App) newHTTP() (*fiber.App, error) {
 
 // secureCookies is true when clients reach keyrelay over TLS.
 func (a *App) secureCookies() bool { return len(a.cfg.BaseURL) > 8 && a.cfg.BaseURL[:8] == "https://" }
+
+func proxyHeader(trusted []string) string {
+	if len(trusted) == 0 {
+		return ""
+	}
+	return fiber.HeaderXForwardedFor
+}

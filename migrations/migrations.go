@@ -8,9 +8,16 @@
 //   - keyrelay_lookup: NOLOGIN; owns the SECURITY DEFINER function
 //     login_candidates, the single cross-tenant read of the request path
 //     (email → tenant and user, for login and "forgot password").
+//   - keyrelay_relay: NOLOGIN; owns outbox_pending, outbox_mark_relayed and
+//     outbox_tenant, the outbox relay's view of every tenant's pending
+//     message ids (00002).
+//   - keyrelay_janitor: NOLOGIN; owns janitor_sweep, which deletes expired
+//     sessions and reset tokens in every tenant (00002).
 //
-// Cross-tenant work is only ever done through these narrowly granted paths;
-// later migrations add a role per such path and list it here.
+// Cross-tenant work is only ever done through these narrowly granted paths:
+// SECURITY DEFINER functions owned by a NOLOGIN role that has column-level
+// grants and a policy of its own on exactly the tables it needs. The
+// application role may execute them and gains nothing else.
 package migrations
 
 import (
@@ -35,8 +42,8 @@ var files embed.FS
 // AppGroupRole is the role every grant of the schema names.
 const AppGroupRole = "keyrelay_app"
 
-// lookupRole owns the cross-tenant lookup functions.
-const lookupRole = "keyrelay_lookup"
+// pathRoles own the cross-tenant functions, one role per path.
+var pathRoles = []string{"keyrelay_lookup", "keyrelay_relay", "keyrelay_janitor"}
 
 // Up creates the owner's database if it is missing, makes sure the roles
 // exist, and applies every pending migration. It is safe to run from several
@@ -152,8 +159,10 @@ func ensureRoles(ctx context.Context, cfg *pgx.ConnConfig, appUser, appPassword 
 	if err := ensureRole(ctx, conn, AppGroupRole, login); err != nil {
 		return err
 	}
-	if err := ensureRole(ctx, conn, lookupRole, "NOLOGIN"); err != nil {
-		return err
+	for _, r := range pathRoles {
+		if err := ensureRole(ctx, conn, r, "NOLOGIN"); err != nil {
+			return err
+		}
 	}
 	if appUser != AppGroupRole {
 		if err := ensureRole(ctx, conn, appUser, "LOGIN"); err != nil {

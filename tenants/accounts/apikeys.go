@@ -14,7 +14,9 @@ import (
 	"github.com/keyrelay/keyrelay/tenants/audit"
 )
 
-// APIKey lets an integration call /api/v1 with a role of its own.
+// APIKey lets an integration call /api/v1 with a role of its own. Prefix is
+// a hint to recognise a key in a list (its last characters), never enough
+// to use it.
 type APIKey struct {
 	TenantID   uuid.UUID    `gorm:"primaryKey" json:"-"`
 	ID         uuid.UUID    `gorm:"primaryKey" json:"id"`
@@ -60,7 +62,7 @@ func (s *Service) CreateAPIKey(ctx context.Context, in NewAPIKeyInput) (APIKey, 
 	if err != nil {
 		return APIKey{}, "", err
 	}
-	k := APIKey{TenantID: p.TenantID, ID: newID(), Name: in.Name, Role: in.Role, TokenHash: hash, Prefix: tok[:10], CreatedBy: p.UserID, CreatedAt: s.now()}
+	k := APIKey{TenantID: p.TenantID, ID: newID(), Name: in.Name, Role: in.Role, TokenHash: hash, Prefix: "kra_…" + tok[len(tok)-6:], CreatedBy: p.UserID, CreatedAt: s.now()}
 	if err := tx.Create(&k).Error; err != nil {
 		return APIKey{}, "", fmt.Errorf("accounts: create api key: %w", err)
 	}

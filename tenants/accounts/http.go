@@ -211,7 +211,7 @@ func (h *Handlers) CreateAPIKey(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusCreated).JSON(struct {
 		APIKey
 		Key string `json:"key"`
-	}{k, tok})
+	}{utcKey(k), tok})
 }
 
 // ListAPIKeys handles GET /api-keys.
@@ -220,10 +220,11 @@ func (h *Handlers) ListAPIKeys(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if ks == nil {
-		ks = []APIKey{}
+	views := make([]APIKey, len(ks))
+	for i, k := range ks {
+		views[i] = utcKey(k)
 	}
-	return c.JSON(fiber.Map{"items": ks})
+	return c.JSON(fiber.Map{"items": views})
 }
 
 // RevokeAPIKey handles DELETE /api-keys/{id}.
@@ -236,4 +237,15 @@ func (h *Handlers) RevokeAPIKey(c *fiber.Ctx) error {
 		return err
 	}
 	return c.SendStatus(fiber.StatusNoContent)
+}
+
+func utcKey(k APIKey) APIKey {
+	k.CreatedAt = k.CreatedAt.UTC()
+	for _, t := range []**time.Time{&k.LastUsedAt, &k.RevokedAt} {
+		if *t != nil {
+			u := (*t).UTC()
+			*t = &u
+		}
+	}
+	return k
 }

@@ -7,10 +7,12 @@ package outbox
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/google/uuid"
+	"gorm.io/gorm"
 
 	"github.com/keyrelay/keyrelay/tenants"
 )
@@ -23,6 +25,15 @@ const (
 	Email Channel = "email"
 )
 
+// Priority orders delivery: security codes never wait behind reminders.
+type Priority string
+
+const (
+	Critical Priority = "critical" // login and key-exchange codes
+	Normal   Priority = "default"
+	Low      Priority = "low" // reminders
+)
+
 // Message is what domain code asks to send: a kind that selects the template,
 // and the template's data. Data may hold secrets (links, codes): it is sealed
 // at rest.
@@ -31,18 +42,39 @@ type Message struct {
 	Channel   Channel
 	Recipient string
 	Data      map[string]string
+	Language  string   // "en" or "fr"; empty means English
+	Priority  Priority // empty means Normal
 }
+
+// Status is where a message is on its way.
+type Status string
+
+const (
+	Queued    Status = "queued"
+	Sent      Status = "sent"
+	Delivered Status = "delivered"
+	Failed    Status = "failed"
+)
 
 // Row is a stored outbox entry with its data opened.
 type Row struct {
-	ID        uuid.UUID
-	TenantID  uuid.UUID
-	Kind      string
-	Channel   Channel
-	Recipient string
-	Data      map[string]string
-	CreatedAt time.Time
-	RelayedAt *time.Time
+	ID                uuid.UUID
+	TenantID          uuid.UUID
+	Kind              string
+	Channel           Channel
+	Recipient         string
+	Data              map[string]string
+	Language          string
+	Priority          Priority
+	Status            Status
+	Provider          string
+	ProviderMessageID string
+	Attempts          int
+	Reason            string
+	CreatedAt         time.Time
+	RelayedAt         *time.Time
+	SentAt            *time.Time
+	DeliveredAt       *time.Time
 }
 
 // Sealer encrypts payloads bound to their row.
@@ -60,14 +92,24 @@ type Outbox struct {
 func New(s Sealer) *Outbox { return &Outbox{sealer: s} }
 
 type record struct {
-	TenantID  uuid.UUID `gorm:"primaryKey"`
-	ID        uuid.UUID `gorm:"primaryKey"`
-	Kind      string
-	Channel   string
-	Recipient string
-	Payload   []byte
-	CreatedAt time.Time
-	RelayedAt *time.Time
+	TenantID          uuid.UUID `gorm:"primaryKey"`
+	ID                uuid.UUID `gorm:"primaryKey"`
+	Kind              string
+	Channel           string
+	Recipient         string
+	Payload           []byte
+	Language          string
+	Priority          string
+	Status            string
+	Provider          *string
+	ProviderMessageID *string
+	Attempts          int
+	Reason            *string
+	CreatedAt         time.Time
+	RelayedAt         *time.Time
+	SentAt            *time.Time
+	DeliveredAt       *time.Time
+	UpdatedAt         time.Time
 }
 
 func (record) TableName() string { return "outbox" }
@@ -102,7 +144,15 @@ func (o *Outbox) Add(ctx context.Context, m Message) (uuid.UUID, error) {
 	if err != nil {
 		return uuid.Nil, fmt.Errorf("outbox: seal: %w", err)
 	}
-	rec := record{TenantID: tenantID, ID: id, Kind: m.Kind, Channel: string(m.Channel), Recipient: m.Recipient, Payload: sealed, CreatedAt: time.Now()}
+	if m.Language != "fr" {
+		m.Language = "en"
+	}
+	if m.Priority == "" {
+		m.Priority = Normal
+	}
+	now := time.Now()
+	rec := record{TenantID: tenantID, ID: id, Kind: m.Kind, Channel: string(m.Channel), Recipient: m.Recipient, Payload: sealed,
+		Language: m.Language, Priority: string(m.Priority), Status: string(Queued), CreatedAt: now, UpdatedAt: now}
 	if err := tx.Create(&rec).Error; err != nil {
 		return uuid.Nil, fmt.Errorf("outbox: insert: %w", err)
 	}
@@ -116,20 +166,167 @@ func (o *Outbox) List(ctx context.Context, limit int) ([]Row, error) {
 		return nil, err
 	}
 	var recs []record
-	if err := tx.Order("created_at DESC, id DESC").Limit(limit).Find(&recs).Error; err != nil {
+	if err := tx.Order("id DESC").Limit(limit).Find(&recs).Error; err != nil {
 		return nil, fmt.Errorf("outbox: list: %w", err)
 	}
 	rows := make([]Row, 0, len(recs))
 	for _, r := range recs {
-		plain, err := o.sealer.Open(r.Payload, sealContext(r.TenantID, r.ID))
+		row, err := o.open(r)
 		if err != nil {
-			return nil, fmt.Errorf("outbox: open %s: %w", r.ID, err)
+			return nil, err
 		}
-		var data map[string]string
-		if err := json.Unmarshal(plain, &data); err != nil {
-			return nil, fmt.Errorf("outbox: decode %s: %w", r.ID, err)
-		}
-		rows = append(rows, Row{ID: r.ID, TenantID: r.TenantID, Kind: r.Kind, Channel: Channel(r.Channel), Recipient: r.Recipient, Data: data, CreatedAt: r.CreatedAt, RelayedAt: r.RelayedAt})
+		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+// Get returns one row of ctx's tenant with its data opened.
+func (o *Outbox) Get(ctx context.Context, id uuid.UUID) (Row, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return Row{}, err
+	}
+	var r record
+	if err := tx.Where("id = ?", id).Take(&r).Error; err != nil {
+		if errors.Is(err, gorm.ErrRecordNotFound) {
+			return Row{}, tenants.NotFound("message")
+		}
+		return Row{}, fmt.Errorf("outbox: get: %w", err)
+	}
+	return o.open(r)
+}
+
+func (o *Outbox) open(r record) (Row, error) {
+	plain, err := o.sealer.Open(r.Payload, sealContext(r.TenantID, r.ID))
+	if err != nil {
+		return Row{}, fmt.Errorf("outbox: open %s: %w", r.ID, err)
+	}
+	var data map[string]string
+	if err := json.Unmarshal(plain, &data); err != nil {
+		return Row{}, fmt.Errorf("outbox: decode %s: %w", r.ID, err)
+	}
+	row := viewOf(r)
+	row.Data = data
+	return row, nil
+}
+
+func viewOf(r record) Row {
+	return Row{ID: r.ID, TenantID: r.TenantID, Kind: r.Kind, Channel: Channel(r.Channel), Recipient: r.Recipient,
+		Language: r.Language, Priority: Priority(r.Priority), Status: Status(r.Status), Provider: deref(r.Provider),
+		ProviderMessageID: deref(r.ProviderMessageID), Attempts: r.Attempts, Reason: deref(r.Reason),
+		CreatedAt: r.CreatedAt, RelayedAt: r.RelayedAt, SentAt: r.SentAt, DeliveredAt: r.DeliveredAt}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// Filter selects messages for the owner's list.
+type Filter struct {
+	Status  Status
+	Channel Channel
+	After   uuid.UUID
+	Limit   int
+}
+
+// Messages lists ctx's tenant's messages, newest first, without their data:
+// the list is for seeing what was sent, and data holds codes and links.
+func (o *Outbox) Messages(ctx context.Context, f Filter) ([]Row, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q := tx.Omit("payload").Order("id DESC").Limit(f.Limit)
+	if f.Status != "" {
+		q = q.Where("status = ?", string(f.Status))
+	}
+	if f.Channel != "" {
+		q = q.Where("channel = ?", string(f.Channel))
+	}
+	if f.After != uuid.Nil {
+		q = q.Where("id < ?", f.After)
+	}
+	var recs []record
+	if err := q.Find(&recs).Error; err != nil {
+		return nil, fmt.Errorf("outbox: messages: %w", err)
+	}
+	rows := make([]Row, len(recs))
+	for i, r := range recs {
+		rows[i] = viewOf(r)
+	}
+	return rows, nil
+}
+
+// Outcome is the result of one delivery attempt.
+type Outcome struct {
+	Status            Status // Queued (will retry), Sent or Failed
+	Provider          string
+	ProviderMessageID string
+	Reason            string
+}
+
+// Record stores an attempt's outcome. A message already sent, delivered or
+// failed is never moved back to an earlier status.
+func (o *Outbox) Record(ctx context.Context, id uuid.UUID, out Outcome) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	changes := map[string]any{"status": string(out.Status), "attempts": gorm.Expr("attempts + 1"), "updated_at": now}
+	if out.Provider != "" {
+		changes["provider"] = out.Provider
+	}
+	if out.ProviderMessageID != "" {
+		changes["provider_message_id"] = out.ProviderMessageID
+	}
+	if out.Reason != "" || out.Status == Sent {
+		changes["reason"] = nullIfEmpty(out.Reason)
+	}
+	if out.Status == Sent {
+		changes["sent_at"] = now
+	}
+	res := tx.Model(&record{}).Where("id = ? AND status = 'queued'", id).Updates(changes)
+	if res.Error != nil {
+		return fmt.Errorf("outbox: record outcome: %w", res.Error)
+	}
+	return nil
+}
+
+// Receipt applies a provider's later word on a message: delivered, or
+// failed with a reason. It moves only forward: queued or sent → delivered
+// or failed.
+func (o *Outbox) Receipt(ctx context.Context, id uuid.UUID, status Status, reason string) error {
+	if status != Delivered && status != Failed {
+		return fmt.Errorf("outbox: receipt status %q", status)
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	changes := map[string]any{"status": string(status), "updated_at": now, "reason": nullIfEmpty(reason)}
+	if status == Delivered {
+		changes["delivered_at"] = now
+	}
+	res := tx.Model(&record{}).Where("id = ? AND status IN ('queued', 'sent')", id).Updates(changes)
+	if res.Error != nil {
+		return fmt.Errorf("outbox: receipt: %w", res.Error)
+	}
+	if res.RowsAffected == 0 {
+		if _, err := o.Get(ctx, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func nullIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }

@@ -1,0 +1,565 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"reflect"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants"
+)
+
+// loadOpenAPI parses and validates the embedded document.
+func loadOpenAPI(t testing.TB, raw []byte) *openapi3.T {
+	t.Helper()
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromData(raw)
+	if err != nil {
+		t.Fatalf("openapi.json does not load: %v", err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		t.Fatalf("openapi.json is not a valid OpenAPI document: %v", err)
+	}
+	return doc
+}
+
+// docOp is one documented operation, keyed by its full path on the server.
+type docOp struct {
+	method, path string // path as served, e.g. /api/v1/users/{id}
+	template     string // path key in the document, e.g. /users/{id}
+	item         *openapi3.PathItem
+	op           *openapi3.Operation
+	server       *openapi3.Server
+}
+
+func (o docOp) key() string { return o.method + " " + o.path }
+
+// documentedOps lists every operation with the path it is served at: the
+// path-level server if the path has one, else the document's first server.
+func documentedOps(doc *openapi3.T) map[string]docOp {
+	ops := map[string]docOp{}
+	for tpl, item := range doc.Paths.Map() {
+		servers := doc.Servers
+		if len(item.Servers) > 0 {
+			servers = item.Servers
+		}
+		var srv *openapi3.Server
+		base := ""
+		if len(servers) > 0 {
+			srv = servers[0]
+			base = strings.TrimRight(srv.URL, "/")
+		}
+		for method, op := range item.Operations() {
+			o := docOp{method: strings.ToUpper(method), path: base + tpl, template: tpl, item: item, op: op, server: srv}
+			ops[o.key()] = o
+		}
+	}
+	return ops
+}
+
+var fiberParam = regexp.MustCompile(`:([A-Za-z0-9_]+)(<[^>]*>)?\??`)
+
+// openAPIPath turns Fiber's /users/:id into OpenAPI's /users/{id}.
+func openAPIPath(fiberPath string) string {
+	return fiberParam.ReplaceAllString(fiberPath, "{$1}")
+}
+
+// registeredRoutes lists the routes a request can reach, as "METHOD /path",
+// leaving out Fiber's automatic HEAD twins of GET routes and middleware
+// (app.Use, including the catch-all 404 handler).
+func registeredRoutes(rs []fiber.Route) map[string]fiber.Route {
+	out := map[string]fiber.Route{}
+	for _, r := range rs {
+		if r.Method == fiber.MethodHead || r.Method == "USE" || r.Path == "/" || r.Path == "" || r.Path == "*" || r.Path == "/*" {
+			continue
+		}
+		out[r.Method+" "+openAPIPath(r.Path)] = r
+	}
+	return out
+}
+
+// routeDrift returns the /api/v1 routes missing from the document and the
+// documented operations that no route serves.
+func routeDrift(routes map[string]fiber.Route, ops map[string]docOp) (undocumented, stale []string) {
+	for k := range routes {
+		path := strings.SplitN(k, " ", 2)[1]
+		if (path == "/api/v1" || strings.HasPrefix(path, "/api/v1/")) && !hasKey(ops, k) {
+			undocumented = append(undocumented, k)
+		}
+	}
+	for k := range ops {
+		if _, ok := routes[k]; !ok {
+			stale = append(stale, k)
+		}
+	}
+	sort.Strings(undocumented)
+	sort.Strings(stale)
+	return undocumented, stale
+}
+
+func hasKey[V any](m map[string]V, k string) bool { _, ok := m[k]; return ok }
+
+func TestOpenAPIDocumentIsValid(t *testing.T) {
+	doc := loadOpenAPI(t, openAPI)
+	if doc.OpenAPI != "3.0.3" {
+		t.Errorf("openapi = %q, want 3.0.3", doc.OpenAPI)
+	}
+	if len(doc.Servers) != 1 || doc.Servers[0].URL != "/api/v1" {
+		t.Errorf("servers = %v, want exactly /api/v1", doc.Servers)
+	}
+	seen := map[string]string{}
+	for k, o := range documentedOps(doc) {
+		op := o.op
+		if op.OperationID == "" || op.Summary == "" || len(op.Tags) == 0 {
+			t.Errorf("%s: needs an operationId, a summary and tags", k)
+		}
+		if prev, dup := seen[op.OperationID]; dup {
+			t.Errorf("%s: operationId %q already used by %s", k, op.OperationID, prev)
+		}
+		seen[op.OperationID] = k
+		if op.Security == nil {
+			t.Errorf("%s: security must be stated on the operation (security: [] for public calls)", k)
+		} else if len(*op.Security) > 0 && op.Responses.Value("401") == nil {
+			t.Errorf("%s: authenticated, but no 401 response", k)
+		}
+		if !hasSuccess(op) {
+			t.Errorf("%s: no 2xx response", k)
+		}
+		for code, r := range op.Responses.Map() {
+			// Errors are problem documents; only readiness reports its 503 as JSON.
+			isError := strings.HasPrefix(code, "4") || strings.HasPrefix(code, "5")
+			if isError && op.OperationID != "readyz" && r.Value.Content.Get("application/problem+json") == nil {
+				t.Errorf("%s: response %s is not application/problem+json", k, code)
+			}
+		}
+		if op.RequestBody != nil {
+			mt := op.RequestBody.Value.Content.Get(fiber.MIMEApplicationJSON)
+			if mt == nil || len(op.RequestBody.Value.Content) != 1 {
+				t.Errorf("%s: the request body must be application/json only", k)
+				continue
+			}
+			if s := mt.Schema.Value; s.AdditionalProperties.Has == nil || *s.AdditionalProperties.Has {
+				t.Errorf("%s: request body schema must say additionalProperties: false (unknown fields are refused)", k)
+			}
+			for _, code := range []string{"400", "413"} {
+				if op.Responses.Value(code) == nil {
+					t.Errorf("%s: binds a JSON body, but no %s response", k, code)
+				}
+			}
+		}
+	}
+	// The problem document carries what errors.go writes.
+	p := doc.Components.Schemas["Problem"]
+	if p == nil {
+		t.Fatal("no Problem schema")
+	}
+	for _, f := range []string{"type", "title", "status", "detail", "errors", "request_id"} {
+		if p.Value.Properties[f] == nil {
+			t.Errorf("Problem has no %q property", f)
+		}
+	}
+	var pr problem
+	checkFields(t, "Problem", p.Value, reflect.TypeOf(pr))
+}
+
+func hasSuccess(op *openapi3.Operation) bool {
+	for code := range op.Responses.Map() {
+		if strings.HasPrefix(code, "2") {
+			return true
+		}
+	}
+	return false
+}
+
+// checkFields asserts schema has exactly the JSON fields of the Go type.
+func checkFields(t *testing.T, name string, schema *openapi3.Schema, typ reflect.Type) {
+	t.Helper()
+	var want []string
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		tag := strings.Split(f.Tag.Get("json"), ",")[0]
+		if tag == "-" || !f.IsExported() {
+			continue
+		}
+		want = append(want, tag)
+	}
+	var got []string
+	for p := range schema.Properties {
+		got = append(got, p)
+	}
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("schema %s has properties %v, the Go type %v has %v", name, got, typ, want)
+	}
+}
+
+func TestOpenAPICoversEveryRoute(t *testing.T) {
+	doc := loadOpenAPI(t, openAPI)
+	s := startServer(t)
+	routes := registeredRoutes(s.app.http.GetRoutes(true))
+	ops := documentedOps(doc)
+
+	if !hasKey(routes, "GET /api/v1/users/{id}") {
+		t.Fatalf("route listing looks wrong (no GET /api/v1/users/{id}): %v", keys(routes))
+	}
+	undocumented, stale := routeDrift(routes, ops)
+	for _, k := range undocumented {
+		t.Errorf("route %s is not in app/openapi.json: document it", k)
+	}
+	for _, k := range stale {
+		t.Errorf("app/openapi.json documents %s, but no route serves it: remove it or add the route", k)
+	}
+
+	t.Run("DriftIsDetected", func(t *testing.T) {
+		extra := maps.Clone(routes)
+		extra["POST /api/v1/undocumented/{id}"] = fiber.Route{Method: "POST", Path: "/api/v1/undocumented/:id"}
+		delete(extra, "GET /api/v1/me")
+		u, st := routeDrift(extra, ops)
+		if !slices.Contains(u, "POST /api/v1/undocumented/{id}") {
+			t.Errorf("an undocumented route was not reported: %v", u)
+		}
+		if !slices.Contains(st, "GET /api/v1/me") {
+			t.Errorf("a documented operation without a route was not reported: %v", st)
+		}
+	})
+
+	// The middleware on each route is what the document promises.
+	ptr := func(h fiber.Handler) uintptr { return reflect.ValueOf(h).Pointer() }
+	signin, err := s.app.perIP("openapi-test", "1000-M")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		idem  = ptr(s.app.idempotent)
+		auth  = ptr(s.app.authenticate)
+		limit = ptr(signin)
+		admin = ptr(role(tenants.RoleAdmin))
+	)
+	for k, r := range routes {
+		o, ok := ops[k]
+		if !ok {
+			continue
+		}
+		uses := func(p uintptr) bool {
+			return slices.ContainsFunc(r.Handlers, func(h fiber.Handler) bool { return ptr(h) == p })
+		}
+		op := o.op
+		hasIdemParam := op.Parameters.GetByInAndName(openapi3.ParameterInHeader, headerIdempotencyKey) != nil
+		if uses(idem) != hasIdemParam {
+			t.Errorf("%s: idempotency middleware %v, Idempotency-Key documented %v", k, uses(idem), hasIdemParam)
+		}
+		if uses(idem) && (op.Responses.Value("409") == nil || op.Responses.Value("503") == nil || op.Responses.Value("422") == nil) {
+			t.Errorf("%s: idempotent, so it answers 409, 422 and 503: document them", k)
+		}
+		authed := op.Security != nil && len(*op.Security) > 0
+		if uses(auth) != authed {
+			t.Errorf("%s: authenticate middleware %v, security documented %v", k, uses(auth), authed)
+		}
+		r429 := op.Responses.Value("429")
+		documented429 := r429 != nil && r429.Value.Headers["Retry-After"] != nil
+		if uses(limit) != documented429 {
+			t.Errorf("%s: sign-in rate limit %v, 429 with Retry-After documented %v", k, uses(limit), documented429)
+		}
+		if uses(limit) && op.Responses.Value("503") == nil {
+			t.Errorf("%s: rate-limited through Redis, so it answers 503: document it", k)
+		}
+		if uses(admin) && op.Responses.Value("403") == nil {
+			t.Errorf("%s: admin only, but no 403 documented", k)
+		}
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestOpenAPIServed(t *testing.T) {
+	s := startServer(t)
+	res, err := http.Get(s.url + "/api/v1/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("Content-Type = %q, want application/json", ct)
+	}
+	if !bytes.Equal(body, openAPI) {
+		t.Errorf("the served document is not the embedded one")
+	}
+	doc := loadOpenAPI(t, body)
+	if doc.Paths.Len() == 0 {
+		t.Error("the served document has no paths")
+	}
+}
+
+// specCheck sends real requests and checks each request it expects to be
+// valid, and every response, against the document. It keeps its own small
+// HTTP client so that it depends on the test harness for startServer only.
+type specCheck struct {
+	t   *testing.T
+	url string
+	doc *openapi3.T
+	ops map[string]docOp
+}
+
+// caller is one API client: a bearer token (may be empty).
+type caller struct {
+	token string
+}
+
+type answer struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (a answer) JSON(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(a.Body, &m); err != nil {
+		t.Fatalf("response is not a JSON object: %v: %s", err, a.Body)
+	}
+	return m
+}
+
+func (sc *specCheck) find(method, path string) (docOp, map[string]string) {
+	segs := strings.Split(path, "/")
+	var best docOp
+	var bestParams map[string]string
+	bestVars := -1
+	for _, o := range sc.ops {
+		if o.method != method {
+			continue
+		}
+		tsegs := strings.Split(o.path, "/")
+		if len(tsegs) != len(segs) {
+			continue
+		}
+		params := map[string]string{}
+		match := true
+		for i, ts := range tsegs {
+			if strings.HasPrefix(ts, "{") && strings.HasSuffix(ts, "}") {
+				params[ts[1:len(ts)-1]] = segs[i]
+			} else if ts != segs[i] {
+				match = false
+				break
+			}
+		}
+		if match && (bestVars < 0 || len(params) < bestVars) {
+			best, bestParams, bestVars = o, params, len(params)
+		}
+	}
+	if bestVars < 0 {
+		sc.t.Fatalf("%s %s: no documented operation matches", method, path)
+	}
+	return best, bestParams
+}
+
+// newRequest builds the request; body is marshalled unless it is a string.
+func (sc *specCheck) newRequest(c caller, method, rawPath string, body any, headers ...string) (*http.Request, []byte) {
+	t := sc.t
+	t.Helper()
+	var raw []byte
+	var err error
+	switch b := body.(type) {
+	case nil:
+	case string:
+		raw = []byte(b)
+	default:
+		if raw, err = json.Marshal(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req, err := http.NewRequest(method, sc.url+rawPath, bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	return req, raw
+}
+
+func (sc *specCheck) send(c caller, method, rawPath string, body any, headers ...string) answer {
+	sc.t.Helper()
+	req, _ := sc.newRequest(c, method, rawPath, body, headers...)
+	res, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
+	if err != nil {
+		sc.t.Fatalf("%s %s: %v", method, rawPath, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return answer{Status: res.StatusCode, Header: res.Header, Body: b}
+}
+
+// call sends the request as c and checks the status is want. When
+// validRequest is set the request must satisfy the document too; the
+// response always must.
+func (sc *specCheck) call(c caller, want int, validRequest bool, method, rawPath string, body any, headers ...string) answer {
+	t := sc.t
+	t.Helper()
+	r := sc.send(c, method, rawPath, body, headers...)
+	if r.Status != want {
+		t.Fatalf("%s %s: status %d, want %d: %s", method, rawPath, r.Status, want, r.Body)
+	}
+	u, err := url.Parse(rawPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, params := sc.find(method, u.Path)
+	req, _ := sc.newRequest(c, method, rawPath, body, headers...)
+	route := &routers.Route{Spec: sc.doc, Server: o.server, Path: o.template, PathItem: o.item, Method: method, Operation: o.op}
+	opts := &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, IncludeResponseStatus: true, MultiError: true}
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
+	ctx := context.Background()
+	if validRequest {
+		if err := openapi3filter.ValidateRequest(ctx, in); err != nil {
+			t.Errorf("%s %s: the server accepted a request the document refuses: %v", method, rawPath, err)
+		}
+	}
+	rin := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: r.Status, Header: r.Header, Options: opts}
+	rin.SetBodyBytes(r.Body)
+	if err := openapi3filter.ValidateResponse(ctx, rin); err != nil {
+		t.Errorf("%s %s -> %d: the response does not match the document: %v\n%s", method, rawPath, r.Status, err, r.Body)
+	}
+	return r
+}
+
+// TestOpenAPIDescribesResponses drives every documented operation through
+// the real server and checks requests and answers against the document.
+func TestOpenAPIDescribesResponses(t *testing.T) {
+	doc := loadOpenAPI(t, openAPI)
+	s := startServer(t, func(c *Config) { c.BodyLimit = 16 << 10 })
+	sc := &specCheck{t: t, url: s.url, doc: doc, ops: documentedOps(doc)}
+
+	var anon caller
+	sc.call(anon, 200, true, "GET", "/healthz", nil)
+	sc.call(anon, 200, true, "GET", "/readyz", nil)
+	sc.call(anon, 200, true, "GET", "/api/v1/openapi.json", nil)
+
+	// Signing up, with a replayed retry.
+	email := fmt.Sprintf("spec-%s@example.com", uuid.NewString()[:8])
+	password := "correct-horse-42"
+	signup := map[string]any{"company": "Spec Rentals", "name": "Olive Owner", "email": email, "phone": "+14155550100", "password": password}
+	key := uuid.NewString()
+	first := sc.call(anon, 201, true, "POST", "/api/v1/signup", signup, "Idempotency-Key", key)
+	again := sc.call(anon, 201, true, "POST", "/api/v1/signup", signup, "Idempotency-Key", key)
+	if !bytes.Equal(first.Body, again.Body) || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("signup retry was not replayed: %s / %s", first.Body, again.Body)
+	}
+	other := maps.Clone(signup)
+	other["company"] = "Other"
+	sc.call(anon, 422, true, "POST", "/api/v1/signup", other, "Idempotency-Key", key)
+	sc.call(anon, 400, false, "POST", "/api/v1/signup", map[string]any{"company": "x", "tenant": "y"})
+	sc.call(anon, 400, false, "POST", "/api/v1/signup", "{not json")
+	weak := maps.Clone(signup)
+	weak["password"] = "password1"
+	sc.call(anon, 422, true, "POST", "/api/v1/signup", weak)
+	sc.call(anon, 413, false, "POST", "/api/v1/signup", `{"company":"`+strings.Repeat("x", 20<<10)+`"}`)
+
+	// Signing in.
+	sc.call(anon, 401, true, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": "wrong-password-1"})
+	var owner caller
+	login := sc.call(owner, 200, true, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": password})
+	owner.token = login.JSON(t)["token"].(string)
+	me := sc.call(owner, 200, true, "GET", "/api/v1/me", nil).JSON(t)
+	ownerID := me["id"].(string)
+	sc.call(anon, 401, true, "GET", "/api/v1/me", nil)
+
+	// Users.
+	staffEmail := fmt.Sprintf("staff-%s@example.com", uuid.NewString()[:8])
+	staff := sc.call(owner, 201, true, "POST", "/api/v1/users", map[string]any{"name": "Sam Staff", "email": staffEmail, "phone": nil, "role": "staff"}, "Idempotency-Key", uuid.NewString()).JSON(t)
+	staffID := staff["id"].(string)
+	sc.call(owner, 409, true, "POST", "/api/v1/users", map[string]any{"name": "Sam Again", "email": staffEmail, "role": "staff"})
+	sc.call(owner, 422, false, "POST", "/api/v1/users", map[string]any{"name": "Bad Phone", "email": "bad-" + staffEmail, "phone": "555", "role": "staff"})
+	page := sc.call(owner, 200, true, "GET", "/api/v1/users?limit=1", nil).JSON(t)
+	cursor, _ := page["next_cursor"].(string)
+	if cursor == "" {
+		t.Fatalf("a full page has no next_cursor: %v", page)
+	}
+	sc.call(owner, 200, true, "GET", "/api/v1/users?limit=1&cursor="+cursor, nil)
+	sc.call(owner, 422, false, "GET", "/api/v1/users?limit=0", nil)
+	sc.call(owner, 200, true, "GET", "/api/v1/users/"+staffID, nil)
+	sc.call(owner, 404, true, "GET", "/api/v1/users/"+uuid.NewString(), nil)
+	sc.call(owner, 200, true, "PATCH", "/api/v1/users/"+staffID, map[string]any{"name": nil, "phone": "+14155550101", "role": "admin", "disabled": false})
+	sc.call(owner, 403, true, "PATCH", "/api/v1/users/"+ownerID, map[string]any{"role": "admin"})
+	sc.call(owner, 400, false, "PATCH", "/api/v1/users/"+staffID, map[string]any{"email": "x@example.com"})
+
+	// API keys.
+	created := sc.call(owner, 201, true, "POST", "/api/v1/api-keys", map[string]any{"name": "Rental system", "role": "staff"}, "Idempotency-Key", uuid.NewString()).JSON(t)
+	sc.call(owner, 422, false, "POST", "/api/v1/api-keys", map[string]any{"name": "", "role": "staff"})
+	sc.call(owner, 200, true, "GET", "/api/v1/api-keys", nil)
+	var integ caller
+	integ.token = created["key"].(string)
+	sc.call(integ, 403, true, "GET", "/api/v1/me", nil)
+	sc.call(integ, 403, true, "GET", "/api/v1/users", nil)
+	sc.call(integ, 403, true, "GET", "/api/v1/users/"+staffID, nil)
+	sc.call(owner, 204, true, "DELETE", "/api/v1/api-keys/"+created["id"].(string), nil)
+	sc.call(owner, 204, true, "DELETE", "/api/v1/api-keys/"+created["id"].(string), nil)
+	sc.call(owner, 404, true, "DELETE", "/api/v1/api-keys/"+uuid.NewString(), nil)
+	sc.call(integ, 401, true, "GET", "/api/v1/users/"+staffID, nil)
+
+	// Passwords.
+	sc.call(anon, 202, true, "POST", "/api/v1/auth/password/forgot", map[string]any{"email": email})
+	sc.call(anon, 422, true, "POST", "/api/v1/auth/password/forgot", map[string]any{"email": "not an address"})
+	sc.call(anon, 422, true, "POST", "/api/v1/auth/password/reset", map[string]any{"token": "krr_nope", "new_password": "another-horse-43"})
+	sc.call(owner, 403, true, "PUT", "/api/v1/me/password", map[string]any{"current_password": "wrong-password-1", "new_password": "another-horse-43"})
+	sc.call(owner, 422, true, "PUT", "/api/v1/me/password", map[string]any{"current_password": password, "new_password": "password1"})
+	sc.call(owner, 204, true, "PUT", "/api/v1/me/password", map[string]any{"current_password": password, "new_password": "another-horse-43"})
+
+	sc.call(owner, 204, true, "POST", "/api/v1/auth/logout", nil)
+	sc.call(owner, 401, true, "GET", "/api/v1/me", nil)
+
+	// Sign-in calls are rate-limited per address, with Retry-After.
+	t.Run("RateLimited", func(t *testing.T) {
+		s := startServer(t, func(c *Config) { c.AuthRateLimit = "3-M" })
+		sc := &specCheck{t: t, url: s.url, doc: doc, ops: sc.ops}
+		var c caller
+		for range 10 {
+			r := sc.send(c, "POST", "/api/v1/auth/password/forgot", map[string]any{"email": "nope"})
+			if r.Status == http.StatusTooManyRequests {
+				break
+			}
+		}
+		r := sc.call(c, 429, true, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": password})
+		if r.Header.Get("Retry-After") == "" {
+			t.Error("429 without Retry-After")
+		}
+	})
+}
