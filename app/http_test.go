@@ -184,3 +184,19 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatalf("serve: %v", err)
 	}
 }
+
+// TestIdempotencyEndsWithTheSession: a stored answer (here an API key's
+// secret, shown once) is not replayed to a credential that has ended.
+func TestIdempotencyEndsWithTheSession(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	c := s.login(t, f.Email, f.Password)
+	body := map[string]any{"name": "ci", "role": "staff"}
+	k := uuid.NewString()
+	c.expect(t, 201, "POST", "/api/v1/api-keys", body, "Idempotency-Key", k)
+	c.expect(t, 204, "POST", "/api/v1/auth/logout", nil)
+	r := c.do(t, "POST", "/api/v1/api-keys", body, "Idempotency-Key", k)
+	if r.Status != 401 || strings.Contains(string(r.Body), "kra_") {
+		t.Fatalf("ended session got %d %s", r.Status, r.Body)
+	}
+}

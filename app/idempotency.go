@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -32,11 +33,14 @@ type idemRecord struct {
 // idempotent replays the stored answer of a POST retried with the same
 // Idempotency-Key and body, refuses the same key with another body (422),
 // and answers 409 while the first request is still running. Keys are
-// scoped to the caller's credential, so two callers can never see each
-// other's answers. 5xx and 401 answers are not stored.
+// scoped to the caller's credential (anonymous callers: their address), so
+// two callers never see each other's answers; on authenticated routes it
+// runs after authenticate, so a credential that has since ended replays
+// nothing. 5xx answers are not stored: the retry runs again.
 //
-// It sits outside the tenant transaction, so what it stores is only ever an
-// answer whose transaction has already committed.
+// Inside a tenant transaction the answer is stored only once the
+// transaction has committed (or rolled back for a 4xx, which is final too),
+// so a stored answer never describes a change that did not happen.
 func (a *App) idempotent(c *fiber.Ctx) error {
 	key := c.Get(headerIdempotencyKey)
 	if key == "" {
@@ -45,7 +49,6 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 	if len(key) > 255 {
 		return &tenants.Error{Code: tenants.EInvalid, Message: "Idempotency-Key must be at most 255 characters", Fields: []tenants.FieldError{{Field: headerIdempotencyKey, Message: "too long"}}}
 	}
-	// Anonymous callers (signup) are told apart by address as well.
 	who := credential(c)
 	if who == "" {
 		who = "anonymous:" + c.IP()
@@ -55,7 +58,7 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 	redisKey := "keyrelay:idem:" + hex.EncodeToString(rk[:])
 	bh := sha256.Sum256(c.Body())
 	bodyHash := hex.EncodeToString(bh[:])
-	ctx := c.UserContext()
+	ctx := context.WithoutCancel(c.UserContext())
 
 	pending, _ := json.Marshal(idemRecord{State: "pending", BodyHash: bodyHash})
 	claimed, err := a.redis.SetNX(ctx, redisKey, pending, idempotencyTTL).Result()
@@ -73,22 +76,46 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 		}
 	}
 	status := c.Response().StatusCode()
-	// Neither server failures nor unauthenticated calls are kept: the first
-	// should run again, and the second would let anyone fill the store.
-	if status >= 500 || status == fiber.StatusUnauthorized {
+	if status >= 500 {
 		a.redis.Del(ctx, redisKey)
 		return nil
 	}
-	sealed, err := a.box.Seal(c.Response().Body(), []byte(redisKey))
-	if err != nil {
-		a.redis.Del(ctx, redisKey)
-		return nil
+	// Copy now: the response buffer is reused once the request ends.
+	body := bytes.Clone(c.Response().Body())
+	contentType := string(c.Response().Header.ContentType())
+	finish := func(final bool) {
+		if !final {
+			a.redis.Del(ctx, redisKey)
+			return
+		}
+		sealed, err := a.box.Seal(body, []byte(redisKey))
+		if err != nil {
+			a.redis.Del(ctx, redisKey)
+			return
+		}
+		done, _ := json.Marshal(idemRecord{State: "done", BodyHash: bodyHash, Status: status, ContentType: contentType, Sealed: sealed})
+		if err := a.redis.Set(ctx, redisKey, done, idempotencyTTL).Err(); err != nil {
+			a.log.WarnContext(ctx, "idempotency: could not store the answer", "err", err)
+		}
 	}
-	done, _ := json.Marshal(idemRecord{State: "done", BodyHash: bodyHash, Status: status, ContentType: string(c.Response().Header.ContentType()), Sealed: sealed})
-	if err := a.redis.Set(ctx, redisKey, done, idempotencyTTL).Err(); err != nil {
-		a.log.WarnContext(ctx, "idempotency: could not store the answer", "request_id", requestID(c), "err", err)
+	if !afterTx(c, finish) {
+		finish(true)
 	}
 	return nil
+}
+
+type afterTxKey struct{}
+
+// afterTx defers fn until the request's tenant transaction has ended; fn
+// learns whether the answer stands (committed, or rolled back for a 4xx).
+// It reports false when the request has no such transaction.
+func afterTx(c *fiber.Ctx, fn func(final bool)) bool {
+	hooks, ok := c.Locals(afterTxKey{}).(*[]func(bool))
+	if !ok {
+		return false
+	}
+	*hooks = append(*hooks, fn)
+	return true
 }
 
 func (a *App) replay(c *fiber.Ctx, redisKey, bodyHash string) error {

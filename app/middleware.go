@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"time"
 
@@ -96,30 +97,36 @@ func (a *App) authenticate(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	committed := false
+	hooks := []func(final bool){}
+	final := false
 	defer func() {
-		if !committed {
+		if !final {
 			tx.Rollback()
+		}
+		for _, h := range hooks {
+			h(final)
 		}
 	}()
 	ctx = tenants.WithTx(ctx, tenantID, tx)
 	p, err := a.accounts.Authenticate(ctx, tok)
 	if err != nil {
-		// The lookup may have touched nothing, but a failed authentication
-		// must still not keep the transaction.
 		return err
 	}
 	c.SetUserContext(tenants.WithPrincipal(ctx, p))
+	c.Locals(afterTxKey{}, &hooks)
 	if err := c.Next(); err != nil {
 		return err
 	}
-	if c.Response().StatusCode() >= 400 {
+	if status := c.Response().StatusCode(); status >= 400 {
+		// A refused request writes nothing, and its answer is final.
+		tx.Rollback()
+		final = status < 500
 		return nil
 	}
 	if err := tx.Commit().Error; err != nil {
-		return err
+		return fmt.Errorf("commit: %w", err)
 	}
-	committed = true
+	final = true
 	return nil
 }
 

@@ -54,11 +54,11 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Get("/me", auth, acc.Me)
 	v1.Put("/me/password", signin, auth, acc.ChangePassword)
 	v1.Get("/users", auth, admin, acc.ListUsers)
-	v1.Post("/users", idem, auth, admin, acc.CreateUser)
+	v1.Post("/users", auth, idem, admin, acc.CreateUser)
 	v1.Get("/users/:id", auth, acc.GetUser)
 	v1.Patch("/users/:id", auth, admin, acc.UpdateUser)
 	v1.Get("/api-keys", auth, admin, acc.ListAPIKeys)
-	v1.Post("/api-keys", idem, auth, admin, acc.CreateAPIKey)
+	v1.Post("/api-keys", auth, idem, admin, acc.CreateAPIKey)
 	v1.Delete("/api-keys/:id", auth, admin, acc.RevokeAPIKey)
 
 	app.Use(func(c *fiber.Ctx) error {
