@@ -111,8 +111,10 @@ GRANT EXECUTE ON FUNCTION outbox_pending(integer), outbox_mark_relayed(uuid[], u
 -- The janitor's path.
 GRANT SELECT (tenant_id, id, expires_at, ended_at, last_seen_at), DELETE ON sessions TO keyrelay_janitor;
 GRANT SELECT (tenant_id, id, expires_at, used_at), DELETE ON password_resets TO keyrelay_janitor;
-CREATE POLICY janitor_sweep ON sessions FOR ALL TO keyrelay_janitor USING (true);
-CREATE POLICY janitor_sweep ON password_resets FOR ALL TO keyrelay_janitor USING (true);
+CREATE POLICY janitor_read ON sessions FOR SELECT TO keyrelay_janitor USING (true);
+CREATE POLICY janitor_delete ON sessions FOR DELETE TO keyrelay_janitor USING (true);
+CREATE POLICY janitor_read ON password_resets FOR SELECT TO keyrelay_janitor USING (true);
+CREATE POLICY janitor_delete ON password_resets FOR DELETE TO keyrelay_janitor USING (true);
 
 -- Deletes what can never be used again, keeping a day of history for
 -- support questions ("why was I signed out?").
@@ -142,8 +144,10 @@ GRANT EXECUTE ON FUNCTION janitor_sweep(interval) TO keyrelay_app;
 
 -- +goose Down
 DROP FUNCTION janitor_sweep(interval);
-DROP POLICY janitor_sweep ON password_resets;
-DROP POLICY janitor_sweep ON sessions;
+DROP POLICY janitor_delete ON password_resets;
+DROP POLICY janitor_read ON password_resets;
+DROP POLICY janitor_delete ON sessions;
+DROP POLICY janitor_read ON sessions;
 REVOKE ALL ON sessions, password_resets FROM keyrelay_janitor;
 DROP FUNCTION outbox_tenant(uuid), outbox_mark_relayed(uuid[], uuid[]), outbox_pending(integer);
 DROP POLICY relay_mark ON outbox;

@@ -22,7 +22,6 @@ package migrations
 
 import (
 	"context"
-	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -59,6 +58,11 @@ func Up(ctx context.Context, ownerURL, appURL string, log *slog.Logger) error {
 	appUser, appPassword, err := userOf(appURL)
 	if err != nil {
 		return err
+	}
+	if appUser == ownerCfg.User {
+		// The application must not own the tables (row-level security would
+		// not bind it), and ensureRoles would strip the owner's rights.
+		return fmt.Errorf("migrations: the application role must differ from the owner %q", appUser)
 	}
 	if err := ensureRoles(ctx, ownerCfg, appUser, appPassword); err != nil {
 		return err
@@ -126,6 +130,11 @@ func createDatabase(ctx context.Context, cfg *pgx.ConnConfig) error {
 		return err
 	}
 	defer conn.Close(ctx)
+	// Replicas starting together all try to create it.
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(7202)"); err != nil {
+		return fmt.Errorf("migrations: database lock: %w", err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(7202)")
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", cfg.Database).Scan(&exists); err != nil {
 		return fmt.Errorf("migrations: look for database %q: %w", cfg.Database, err)
@@ -134,7 +143,7 @@ func createDatabase(ctx context.Context, cfg *pgx.ConnConfig) error {
 		return nil
 	}
 	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{cfg.Database}.Sanitize())
-	if err != nil && !isCode(err, "42P04") { // duplicate_database: another process won the race
+	if err != nil && !isCode(err, "42P04") && !isCode(err, "23505") { // created meanwhile by a process not taking the lock
 		return fmt.Errorf("migrations: create database %q: %w", cfg.Database, err)
 	}
 	return nil
@@ -215,13 +224,4 @@ func escapeLiteral(s string) string {
 func isCode(err error, code string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == code
-}
-
-// Open is a convenience for callers that want a database/sql handle on a URL.
-func Open(rawURL string) (*sql.DB, error) {
-	cfg, err := pgx.ParseConfig(rawURL)
-	if err != nil {
-		return nil, err
-	}
-	return stdlib.OpenDB(*cfg), nil
 }

@@ -88,12 +88,11 @@ func (s *Scope) Do(ctx context.Context, tenantID uuid.UUID, fn func(ctx context.
 	if err != nil {
 		return err
 	}
+	// Roll back on every way out but a commit: an error, a panic (which
+	// still propagates) and runtime.Goexit alike.
+	committed := false
 	defer func() {
-		if p := recover(); p != nil {
-			tx.Rollback()
-			panic(p)
-		}
-		if err != nil {
+		if !committed {
 			tx.Rollback()
 		}
 	}()
@@ -103,5 +102,6 @@ func (s *Scope) Do(ctx context.Context, tenantID uuid.UUID, fn func(ctx context.
 	if err = tx.Commit().Error; err != nil {
 		return fmt.Errorf("tenants: commit: %w", err)
 	}
+	committed = true
 	return nil
 }
