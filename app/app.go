@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	"gorm.io/driver/postgres"
@@ -18,9 +19,11 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/keyrelay/keyrelay/migrations"
+	"github.com/keyrelay/keyrelay/plugins/host"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
+	"github.com/keyrelay/keyrelay/tenants/providers"
 	"github.com/keyrelay/keyrelay/tenants/secretbox"
 )
 
@@ -33,10 +36,15 @@ type App struct {
 	redis *redis.Client
 	http  *fiber.App
 
-	scope    *tenants.Scope
-	box      *secretbox.Box
-	outbox   *outbox.Outbox
-	accounts *accounts.Service
+	scope     *tenants.Scope
+	box       *secretbox.Box
+	outbox    *outbox.Outbox
+	accounts  *accounts.Service
+	providers *providers.Store
+	plugins   *host.Host
+
+	queueOpt asynq.RedisConnOpt
+	queue    *asynq.Client
 }
 
 // unreachable is a dependency that did not answer: main prints it as one
@@ -161,6 +169,21 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, err
 	}
+	if a.queueOpt, err = asynq.ParseRedisURI(cfg.RedisURL); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("KEYRELAY_REDIS_URL: %w", err)
+	}
+	a.queue = asynq.NewClient(a.queueOpt)
+	if a.plugins, err = startPlugins(ctx, cfg, log); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("provider plugins: %w", err)
+	}
+	defaults, err := cfg.defaultProviders()
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.providers = providers.NewStore(a.box, pluginChecker{h: a.plugins, production: cfg.Production()}, defaults)
 	if a.http, err = a.newHTTP(); err != nil {
 		a.Close()
 		return nil, err
@@ -193,8 +216,14 @@ func (a *App) serveOn(ctx context.Context, ln net.Listener) error {
 	return <-errc
 }
 
-// Close releases connections.
+// Close stops the plugins and releases connections.
 func (a *App) Close() {
+	if a.plugins != nil {
+		a.plugins.Close()
+	}
+	if a.queue != nil {
+		a.queue.Close()
+	}
 	if a.redis != nil {
 		a.redis.Close()
 	}

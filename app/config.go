@@ -33,7 +33,11 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	AuthRateLimit   string   // ulule/limiter format, per client IP on sign-in calls
 	TrustedProxies  []string // addresses or CIDRs whose X-Forwarded-For is believed
-	HashConcurrency int      // argon2id hashes running at once (19 MiB each)
+
+	Workers           bool   // serve runs the background workers in-process
+	WorkerConcurrency int    // deliveries at once per process
+	DefaultProviders  string // JSON: the platform's provider per channel
+	HashConcurrency   int    // argon2id hashes running at once (19 MiB each)
 }
 
 // Production reports whether development defaults are forbidden.
@@ -77,6 +81,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			}
 		}
 	}
+	c.Workers = get("KEYRELAY_WORKERS", "inprocess") != "separate"
+	c.DefaultProviders = getenv("KEYRELAY_DEFAULT_PROVIDERS")
 	if c.Env != "development" && c.Env != "production" {
 		return c, fmt.Errorf("KEYRELAY_ENV must be development or production, not %q", c.Env)
 	}
@@ -90,6 +96,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if c.HashConcurrency, err = strconv.Atoi(get("KEYRELAY_HASH_CONCURRENCY", "4")); err != nil || c.HashConcurrency < 1 {
 		problems = append(problems, "KEYRELAY_HASH_CONCURRENCY: must be a positive number")
+	}
+	if c.WorkerConcurrency, err = strconv.Atoi(get("KEYRELAY_WORKER_CONCURRENCY", "20")); err != nil || c.WorkerConcurrency < 1 {
+		problems = append(problems, "KEYRELAY_WORKER_CONCURRENCY: must be a positive number")
 	}
 	c.AppDatabaseURL = get("KEYRELAY_APP_DATABASE_URL", "")
 	if c.AppDatabaseURL == "" {
@@ -116,7 +125,10 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			problems = append(problems, "KEYRELAY_BASE_URL must be https:// in production (links in emails and secure cookies depend on it)")
 		}
 		if c.PluginsDir == "" {
-			problems = append(problems, "KEYRELAY_PLUGINS_DIR is required in production (the bundled development mailbox delivers nothing)")
+			problems = append(problems, "KEYRELAY_PLUGINS_DIR is required in production (built provider plugins with their manifests)")
+		}
+		if c.DefaultProviders == "" || strings.Contains(c.DefaultProviders, `"devmailbox"`) {
+			problems = append(problems, "KEYRELAY_DEFAULT_PROVIDERS must name real providers in production (the development mailbox delivers nothing)")
 		}
 	} else {
 		if secret == "" {

@@ -41,18 +41,19 @@ func TestConfigProductionRefusesDevDefaults(t *testing.T) {
 	if err == nil {
 		t.Fatal("production started with development defaults")
 	}
-	for _, name := range []string{"KEYRELAY_SECRET_KEY", "KEYRELAY_OPERATOR_TOKEN", "KEYRELAY_BASE_URL", "KEYRELAY_PLUGINS_DIR"} {
+	for _, name := range []string{"KEYRELAY_SECRET_KEY", "KEYRELAY_OPERATOR_TOKEN", "KEYRELAY_BASE_URL", "KEYRELAY_PLUGINS_DIR", "KEYRELAY_DEFAULT_PROVIDERS"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}
 	}
 	t.Run("OK", func(t *testing.T) {
 		_, err := LoadConfig(envOf(map[string]string{
-			"KEYRELAY_ENV":            "production",
-			"KEYRELAY_SECRET_KEY":     "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-			"KEYRELAY_OPERATOR_TOKEN": strings.Repeat("t", 40),
-			"KEYRELAY_BASE_URL":       "https://keys.example.com",
-			"KEYRELAY_PLUGINS_DIR":    "/opt/keyrelay/plugins",
+			"KEYRELAY_ENV":               "production",
+			"KEYRELAY_SECRET_KEY":        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+			"KEYRELAY_OPERATOR_TOKEN":    strings.Repeat("t", 40),
+			"KEYRELAY_BASE_URL":          "https://keys.example.com",
+			"KEYRELAY_PLUGINS_DIR":       "/opt/keyrelay/plugins",
+			"KEYRELAY_DEFAULT_PROVIDERS": `{"sms":{"provider":"httpsms","settings":{}},"email":{"provider":"smtp","settings":{}}}`,
 		}))
 		if err != nil {
 			t.Fatal(err)

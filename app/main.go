@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +15,8 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -51,7 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "migrate":
 		return Migrate(ctx, cfg, log)
 	case "worker":
-		return errors.New("worker: this build has no background job handlers yet; `serve` covers everything it does")
+		return worker(ctx, cfg, log)
 	default:
 		return fmt.Errorf("unknown command %q (want serve, migrate, worker or version)", cmd)
 	}
@@ -73,7 +74,23 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, stdout io.Writer) 
 			return fmt.Errorf("demo tenant: %w", err)
 		}
 	}
-	return a.Serve(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.Serve(gctx) })
+	if cfg.Workers {
+		g.Go(func() error { return a.runWorkers(gctx) })
+	}
+	return g.Wait()
+}
+
+// worker runs the background side alone, for deployments that scale it
+// apart from the HTTP replicas (KEYRELAY_WORKERS=separate on those).
+func worker(ctx context.Context, cfg Config, log *slog.Logger) error {
+	a, err := NewApp(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	return a.runWorkers(ctx)
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {

@@ -28,6 +28,13 @@ import (
 // tenants, so they never see each other's rows.
 var testDB *dbtest.DB
 
+// testPlugins holds the bundled provider plugins, built once.
+var testPlugins string
+
+// testRedisDB is this package's own Redis database: asynq's queues have
+// fixed names, and another package's workers must not take our tasks.
+const testRedisDB = 5
+
 func TestMain(m *testing.M) {
 	var err error
 	testDB, err = dbtest.Create("app")
@@ -35,7 +42,18 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "app tests:", err)
 		os.Exit(1)
 	}
+	dir, err := os.MkdirTemp("", "keyrelay-app-plugins-")
+	if err == nil {
+		testPlugins = dir
+		err = buildBundledPlugins(context.Background(), dir, discardLogger())
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "app tests: plugins:", err)
+		testDB.Drop()
+		os.Exit(1)
+	}
 	code := m.Run()
+	os.RemoveAll(testPlugins)
 	if err := testDB.Drop(); err != nil {
 		fmt.Fprintln(os.Stderr, "app tests: drop database:", err)
 	}
@@ -49,9 +67,9 @@ func testConfig(t testing.TB) Config {
 		"KEYRELAY_APP_DATABASE_URL": testDB.AppURL,
 		"KEYRELAY_STATE_DIR":        t.TempDir(),
 		"KEYRELAY_AUTH_RATE_LIMIT":  "100000-M",
-	}
-	if u := os.Getenv("KEYRELAY_TEST_REDIS_URL"); u != "" {
-		env["KEYRELAY_REDIS_URL"] = u
+		"KEYRELAY_PLUGINS_DIR":      testPlugins,
+		"KEYRELAY_REDIS_URL":        fmt.Sprintf("redis://127.0.0.1:6379/%d", testRedisDB),
+		"KEYRELAY_WORKERS":          "separate", // tests that need them say so
 	}
 	cfg, err := LoadConfig(func(k string) string { return env[k] })
 	if err != nil {
@@ -95,12 +113,19 @@ func startServerLogging(t testing.TB, logTo io.Writer, mutate ...func(*Config)) 
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- a.serveOn(ctx, ln) }()
+	running := 1
+	if cfg.Workers {
+		running++
+		go func() { done <- a.runWorkers(ctx) }()
+	}
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+		for i := 0; i < running; i++ {
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v", err)
+			}
 		}
 		a.Close()
 	})

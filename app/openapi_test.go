@@ -23,7 +23,11 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
 
+	"github.com/keyrelay/keyrelay/plugins/providers/devmailbox/devmailbox"
+	"github.com/keyrelay/keyrelay/plugins/sdk"
 	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/outbox"
+	"github.com/keyrelay/keyrelay/tenants/providers"
 )
 
 // loadOpenAPI parses and validates the embedded document.
@@ -177,6 +181,29 @@ func TestOpenAPIDocumentIsValid(t *testing.T) {
 	}
 	var pr problem
 	checkFields(t, "Problem", p.Value, reflect.TypeOf(pr))
+
+	// The other schemas written straight from a Go type carry its fields.
+	fallback, _ := reflect.TypeOf(providers.View{}).FieldByName("Fallback")
+	for name, typ := range map[string]reflect.Type{
+		"Message":             reflect.TypeOf(outbox.MessageView{}),
+		"ProviderRoute":       reflect.TypeOf(providers.View{}),
+		"ProviderRouteInput":  reflect.TypeOf(providers.RouteInput{}),
+		"ProviderChoiceInput": reflect.TypeOf(providers.ChoiceInput{}),
+		"DevMailboxMessage":   reflect.TypeOf(devMailboxEntry{}),
+	} {
+		s := doc.Components.Schemas[name]
+		if s == nil {
+			t.Errorf("no %s schema", name)
+			continue
+		}
+		checkFields(t, name, s.Value, typ)
+		if name == "ProviderRoute" {
+			checkFields(t, name+".fallback", s.Value.Properties["fallback"].Value, fallback.Type.Elem())
+		}
+	}
+	if s := doc.Components.Schemas["ProvidersUpdate"]; s == nil || !slices.Equal(slices.Sorted(maps.Keys(s.Value.Properties)), slices.Sorted(slices.Values(providers.Channels))) {
+		t.Errorf("ProvidersUpdate must have one property per channel %v", providers.Channels)
+	}
 }
 
 func hasSuccess(op *openapi3.Operation) bool {
@@ -350,6 +377,20 @@ func (a answer) JSON(t testing.TB) map[string]any {
 		t.Fatalf("response is not a JSON object: %v: %s", err, a.Body)
 	}
 	return m
+}
+
+// fieldErrors lists the fields a 422 problem document names.
+func fieldErrors(t testing.TB, a answer) []string {
+	t.Helper()
+	var p problem
+	if err := json.Unmarshal(a.Body, &p); err != nil {
+		t.Fatalf("not a problem document: %v: %s", err, a.Body)
+	}
+	var fields []string
+	for _, e := range p.Errors {
+		fields = append(fields, e.Field)
+	}
+	return fields
 }
 
 func (sc *specCheck) find(method, path string) (docOp, map[string]string) {
@@ -530,6 +571,104 @@ func TestOpenAPIDescribesResponses(t *testing.T) {
 	sc.call(integ, 403, true, "GET", "/api/v1/me", nil)
 	sc.call(integ, 403, true, "GET", "/api/v1/users", nil)
 	sc.call(integ, 403, true, "GET", "/api/v1/users/"+staffID, nil)
+
+	// Messages. No workers run, so nothing is delivered, but the staff
+	// invitation is queued.
+	msgs := sc.call(owner, 200, true, "GET", "/api/v1/messages", nil).JSON(t)
+	if items, _ := msgs["items"].([]any); len(items) == 0 {
+		t.Errorf("messages: the staff invitation is not listed: %v", msgs)
+	}
+	sc.call(owner, 200, true, "GET", "/api/v1/messages?status=queued&channel=email&limit=1", nil)
+	sc.call(owner, 200, true, "GET", "/api/v1/messages?status=delivered&channel=sms", nil)
+	if f := fieldErrors(t, sc.call(owner, 422, false, "GET", "/api/v1/messages?status=bounced", nil)); !slices.Equal(f, []string{"status"}) {
+		t.Errorf("bad status filter: errors on %v, want [status]", f)
+	}
+	sc.call(owner, 422, false, "GET", "/api/v1/messages?channel=fax", nil)
+	sc.call(owner, 422, false, "GET", "/api/v1/messages?cursor=nope", nil)
+	sc.call(integ, 403, true, "GET", "/api/v1/messages", nil)
+	sc.call(anon, 401, true, "GET", "/api/v1/messages", nil)
+
+	// Providers.
+	routeOf := func(a answer, channel string) map[string]any {
+		t.Helper()
+		for _, it := range a.JSON(t)["items"].([]any) {
+			if r := it.(map[string]any); r["channel"] == channel {
+				return r
+			}
+		}
+		t.Fatalf("no %s route in %s", channel, a.Body)
+		return nil
+	}
+	if r := routeOf(sc.call(owner, 200, true, "GET", "/api/v1/providers", nil), "email"); r["platform_default"] != true {
+		t.Errorf("a new tenant's email route is not the platform default: %v", r)
+	}
+	dir := t.TempDir()
+	put := sc.call(owner, 200, true, "PUT", "/api/v1/providers", map[string]any{"email": map[string]any{"provider": "devmailbox", "settings": map[string]any{"dir": dir}}})
+	if r := routeOf(put, "email"); r["provider"] != "devmailbox" || r["platform_default"] != false || !reflect.DeepEqual(r["setting_keys"], []any{"dir"}) || r["fallback"] != nil {
+		t.Errorf("email route after PUT: %v", r)
+	}
+	withFallback := map[string]any{"sms": map[string]any{"provider": "devmailbox", "settings": map[string]any{"dir": dir}, "use_default": false,
+		"fallback": map[string]any{"provider": "webhook", "settings": map[string]any{"url": "https://example.com/keyrelay", "signing_secret": strings.Repeat("s", 32)}}}}
+	if r := routeOf(sc.call(owner, 200, true, "PUT", "/api/v1/providers", withFallback), "sms"); r["fallback"] == nil {
+		t.Errorf("sms route has no fallback after PUT: %v", r)
+	}
+	sc.call(owner, 200, true, "PUT", "/api/v1/providers", map[string]any{"sms": map[string]any{"provider": "devmailbox", "settings": map[string]any{"dir": dir}, "fallback": nil}})
+	if r := routeOf(sc.call(owner, 200, true, "GET", "/api/v1/providers", nil), "sms"); r["fallback"] != nil {
+		t.Errorf("a null fallback did not remove it: %v", r)
+	}
+	if r := routeOf(sc.call(owner, 200, true, "PUT", "/api/v1/providers", map[string]any{"sms": map[string]any{"use_default": true}}), "sms"); r["platform_default"] != true {
+		t.Errorf("use_default did not restore the platform default: %v", r)
+	}
+	for _, tc := range []struct {
+		body  map[string]any
+		field string
+	}{
+		{map[string]any{"email": map[string]any{"provider": "nope", "settings": map[string]any{}}}, "email.provider"},                        // unknown
+		{map[string]any{"email": map[string]any{"provider": "httpsms", "settings": map[string]any{}}}, "email.provider"},                     // sends no email
+		{map[string]any{"email": map[string]any{"provider": "devmailbox", "settings": map[string]any{"dir": "relative"}}}, "email.provider"}, // settings refused
+		{map[string]any{"email": map[string]any{"provider": ""}}, "email.provider"},
+		{map[string]any{"sms": map[string]any{"provider": "devmailbox", "settings": map[string]any{"dir": dir}, "fallback": map[string]any{"provider": "devmailbox", "settings": map[string]any{"dir": dir}}}}, "sms.fallback.provider"},
+	} {
+		if f := fieldErrors(t, sc.call(owner, 422, true, "PUT", "/api/v1/providers", tc.body)); !slices.Contains(f, tc.field) {
+			t.Errorf("PUT %v: errors on %v, want %s", tc.body, f, tc.field)
+		}
+	}
+	if f := fieldErrors(t, sc.call(owner, 422, false, "PUT", "/api/v1/providers", map[string]any{"fax": map[string]any{"provider": "devmailbox"}})); !slices.Equal(f, []string{"fax"}) {
+		t.Errorf("unknown channel: errors on %v, want [fax]", f)
+	}
+	sc.call(owner, 400, false, "PUT", "/api/v1/providers", map[string]any{"email": map[string]any{"provider": "devmailbox", "region": "eu"}})
+	sc.call(owner, 400, false, "PUT", "/api/v1/providers", map[string]any{"email": map[string]any{"provider": "devmailbox", "settings": map[string]any{"port": 25}}})
+	sc.call(owner, 400, false, "PUT", "/api/v1/providers", "[]")
+	if r := routeOf(sc.call(owner, 200, true, "GET", "/api/v1/providers", nil), "email"); r["provider"] != "devmailbox" || r["platform_default"] != false {
+		t.Errorf("a refused PUT changed the email route: %v", r)
+	}
+	sc.call(integ, 403, true, "GET", "/api/v1/providers", nil)
+	sc.call(integ, 403, true, "PUT", "/api/v1/providers", map[string]any{"email": map[string]any{"use_default": true}})
+	sc.call(anon, 401, true, "PUT", "/api/v1/providers", map[string]any{"email": map[string]any{"use_default": true}})
+
+	// Provider receipts, outside /api/v1: the plugin judges the request.
+	sc.call(anon, 404, true, "POST", "/hooks/providers/nope", "{}")
+	sc.call(anon, 401, true, "POST", "/hooks/providers/httpsms", "MessageSid=SM1&MessageStatus=delivered", "Content-Type", "application/x-www-form-urlencoded")
+
+	// The development mailbox, outside /api/v1, lists what the platform's
+	// devmailbox kept.
+	tenantID := first.JSON(t)["tenant_id"].(string)
+	kept := sdk.Message{MessageID: uuid.NewString(), TenantID: tenantID, Channel: sdk.ChannelEmail, To: email, Subject: "Your code", Text: "123456",
+		Settings: map[string]string{devmailbox.SettingDir: s.app.cfg.mailboxDir()}}
+	if _, err := devmailbox.New().Send(context.Background(), kept); err != nil {
+		t.Fatal(err)
+	}
+	var box []devMailboxEntry
+	if err := json.Unmarshal(sc.call(anon, 200, true, "GET", "/dev/mailbox?tenant_id="+tenantID+"&to="+url.QueryEscape(email), nil).Body, &box); err != nil {
+		t.Fatal(err)
+	}
+	if len(box) != 1 || box[0].ID != kept.MessageID || box[0].Body != kept.Text {
+		t.Errorf("mailbox: %+v, want the one message kept", box)
+	}
+	sc.call(anon, 200, true, "GET", "/dev/mailbox?to=nobody@example.com", nil)
+	if page := sc.send(anon, "GET", "/dev/mailbox", nil, "Accept", "text/html"); page.Status != 200 || !strings.HasPrefix(page.Header.Get("Content-Type"), "text/html") {
+		t.Errorf("mailbox page: %d %s", page.Status, page.Header.Get("Content-Type"))
+	}
 	sc.call(owner, 204, true, "DELETE", "/api/v1/api-keys/"+created["id"].(string), nil)
 	sc.call(owner, 204, true, "DELETE", "/api/v1/api-keys/"+created["id"].(string), nil)
 	sc.call(owner, 404, true, "DELETE", "/api/v1/api-keys/"+uuid.NewString(), nil)
@@ -545,6 +684,12 @@ func TestOpenAPIDescribesResponses(t *testing.T) {
 
 	sc.call(owner, 204, true, "POST", "/api/v1/auth/logout", nil)
 	sc.call(owner, 401, true, "GET", "/api/v1/me", nil)
+
+	t.Run("MailboxHiddenInProduction", func(t *testing.T) {
+		s := startServer(t, func(c *Config) { c.Env = "production" })
+		sc := &specCheck{t: t, url: s.url, doc: doc, ops: sc.ops}
+		sc.call(anon, 404, true, "GET", "/dev/mailbox", nil)
+	})
 
 	// Sign-in calls are rate-limited per address, with Retry-After.
 	t.Run("RateLimited", func(t *testing.T) {

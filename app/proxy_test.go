@@ -52,12 +52,17 @@ func (p *tcpProxy) serve() {
 	}
 }
 
-func (p *tcpProxy) cut() {
+func (p *tcpProxy) cut() { p.setDown(true) }
+
+// setDown cuts the service off (closing every connection) or restores it.
+func (p *tcpProxy) setDown(down bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range p.conns {
-		c.Close()
+	p.down = down
+	if down {
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.conns = nil
 	}
-	p.conns = nil
 }

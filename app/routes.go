@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
+	"github.com/keyrelay/keyrelay/tenants/providers"
 )
 
 // newHTTP builds the Fiber app. Every endpoint of every surface is listed
@@ -60,6 +61,21 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Get("/api-keys", auth, admin, acc.ListAPIKeys)
 	v1.Post("/api-keys", auth, idem, admin, acc.CreateAPIKey)
 	v1.Delete("/api-keys/:id", auth, admin, acc.RevokeAPIKey)
+
+	// Notifications
+	prov := providers.NewHandlers(a.providers)
+	v1.Get("/messages", auth, admin, a.outbox.ListHandler)
+	v1.Get("/providers", auth, admin, prov.Get)
+	v1.Put("/providers", auth, admin, prov.Put)
+	app.Post("/hooks/providers/:name", a.providerReceipt)
+
+	// Platform operator
+	queues := a.queueDashboard()
+	app.All("/ops/queues", a.operator, queues)
+	app.All("/ops/queues/*", a.operator, queues)
+
+	// Development
+	app.Get("/dev/mailbox", a.devMailbox)
 
 	app.Use(func(c *fiber.Ctx) error {
 		return tenants.Errorf(tenants.ENotFound, "no such endpoint: %s %s", c.Method(), c.Path())

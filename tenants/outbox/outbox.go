@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -260,9 +261,86 @@ func (o *Outbox) Messages(ctx context.Context, f Filter) ([]Row, error) {
 	return rows, nil
 }
 
+// GetMany returns the rows of ctx's tenant among ids, with data opened;
+// ids that do not exist are simply absent.
+func (o *Outbox) GetMany(ctx context.Context, ids []uuid.UUID) ([]Row, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var recs []record
+	if err := tx.Where("id IN ?", ids).Find(&recs).Error; err != nil {
+		return nil, fmt.Errorf("outbox: get many: %w", err)
+	}
+	rows := make([]Row, 0, len(recs))
+	for _, r := range recs {
+		row, err := o.open(r)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+// RecordMany stores the outcomes of several attempts in one statement, with
+// the same rules as Record.
+func (o *Outbox) RecordMany(ctx context.Context, outs map[uuid.UUID]Outcome) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	n := len(outs)
+	ids, statuses, provs, pmids, reasons := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+	for id, out := range outs {
+		ids = append(ids, id.String())
+		statuses = append(statuses, string(out.Status))
+		provs = append(provs, out.Provider)
+		pmids = append(pmids, out.ProviderMessageID)
+		reasons = append(reasons, out.Reason)
+	}
+	err = tx.Exec(`UPDATE outbox o SET
+			status = v.status,
+			attempts = o.attempts + 1,
+			provider = COALESCE(NULLIF(v.provider, ''), o.provider),
+			provider_message_id = COALESCE(NULLIF(v.pmid, ''), o.provider_message_id),
+			reason = CASE WHEN v.status IN ('sent', 'delivered') THEN NULLIF(v.reason, '') ELSE COALESCE(NULLIF(v.reason, ''), o.reason) END,
+			sent_at = CASE WHEN v.status IN ('sent', 'delivered') THEN now() ELSE o.sent_at END,
+			delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE o.delivered_at END,
+			updated_at = now()
+		FROM unnest(?::uuid[], ?::text[], ?::text[], ?::text[], ?::text[]) AS v(id, status, provider, pmid, reason)
+		WHERE o.id = v.id AND o.status = 'queued'`,
+		textArray(ids), textArray(statuses), textArray(provs), textArray(pmids), textArray(reasons)).Error
+	if err != nil {
+		return fmt.Errorf("outbox: record outcomes: %w", err)
+	}
+	return nil
+}
+
+// textArray renders a PostgreSQL array literal for one bound parameter.
+func textArray(vs []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, v := range vs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for _, r := range v {
+			if r == '"' || r == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(r)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
 // Outcome is the result of one delivery attempt.
 type Outcome struct {
-	Status            Status // Queued (will retry), Sent or Failed
+	Status            Status // Queued (will retry), Sent, Delivered or Failed
 	Provider          string
 	ProviderMessageID string
 	Reason            string
@@ -271,29 +349,7 @@ type Outcome struct {
 // Record stores an attempt's outcome. A message already sent, delivered or
 // failed is never moved back to an earlier status.
 func (o *Outbox) Record(ctx context.Context, id uuid.UUID, out Outcome) error {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	changes := map[string]any{"status": string(out.Status), "attempts": gorm.Expr("attempts + 1"), "updated_at": now}
-	if out.Provider != "" {
-		changes["provider"] = out.Provider
-	}
-	if out.ProviderMessageID != "" {
-		changes["provider_message_id"] = out.ProviderMessageID
-	}
-	if out.Reason != "" || out.Status == Sent {
-		changes["reason"] = nullIfEmpty(out.Reason)
-	}
-	if out.Status == Sent {
-		changes["sent_at"] = now
-	}
-	res := tx.Model(&record{}).Where("id = ? AND status = 'queued'", id).Updates(changes)
-	if res.Error != nil {
-		return fmt.Errorf("outbox: record outcome: %w", res.Error)
-	}
-	return nil
+	return o.RecordMany(ctx, map[uuid.UUID]Outcome{id: out})
 }
 
 // Receipt applies a provider's later word on a message: delivered, or

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants/outbox"
+)
+
+// tenantHook is a tenant's own endpoint behind the webhook provider; answer
+// decides each response by the attempt number (1-based).
+func tenantHook(t *testing.T, answer func(n int32) int) (*httptest.Server, *atomic.Int32) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(answer(calls.Add(1)))
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &calls
+}
+
+// queueMessage writes an outbox row the way domain code does.
+func (s *server) queueMessage(t *testing.T, tenantID uuid.UUID, m outbox.Message) uuid.UUID {
+	t.Helper()
+	var id uuid.UUID
+	err := s.app.scope.Do(context.Background(), tenantID, func(ctx context.Context) error {
+		var err error
+		id, err = s.app.outbox.Add(ctx, m)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func (s *server) message(t *testing.T, tenantID, id uuid.UUID) outbox.Row {
+	t.Helper()
+	var row outbox.Row
+	err := s.app.scope.Do(context.Background(), tenantID, func(ctx context.Context) error {
+		var err error
+		row, err = s.app.outbox.Get(ctx, id)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return row
+}
+
+func (s *server) waitStatus(t *testing.T, tenantID, id uuid.UUID, want outbox.Status) outbox.Row {
+	t.Helper()
+	var row outbox.Row
+	waitFor(t, "message status "+string(want), 20*time.Second, func() bool {
+		row = s.message(t, tenantID, id)
+		return row.Status == want
+	})
+	return row
+}
+
+func useWebhook(t *testing.T, f tenantFixture, url string, fallback bool) {
+	t.Helper()
+	route := map[string]any{"provider": "webhook", "settings": map[string]string{"url": url, "signing_secret": "a-long-enough-secret-123"}}
+	if fallback {
+		route["fallback"] = map[string]any{"provider": "devmailbox", "settings": map[string]string{"dir": t.TempDir()}}
+	}
+	f.Owner.expect(t, 200, "PUT", "/api/v1/providers", map[string]any{"email": route})
+}
+
+var note = outbox.Message{Kind: "password_changed", Channel: outbox.Email, Recipient: "someone@example.com", Data: map[string]string{"name": "Someone"}}
+
+func TestDeliveryOutcomes(t *testing.T) {
+	s := startServer(t, withWorkers)
+	t.Run("TemporaryRetried", func(t *testing.T) {
+		f := s.signup(t)
+		hook, calls := tenantHook(t, func(n int32) int {
+			if n == 1 {
+				return http.StatusServiceUnavailable
+			}
+			return http.StatusOK
+		})
+		useWebhook(t, f, hook.URL, false)
+		id := s.queueMessage(t, f.ID, note)
+		row := s.waitStatus(t, f.ID, id, outbox.Sent)
+		if row.Attempts != 2 || row.Provider != "webhook" || calls.Load() != 2 {
+			t.Fatalf("row = %+v, calls = %d", row, calls.Load())
+		}
+	})
+	t.Run("PermanentFailsAtOnce", func(t *testing.T) {
+		f := s.signup(t)
+		hook, calls := tenantHook(t, func(int32) int { return http.StatusGone })
+		useWebhook(t, f, hook.URL, false)
+		id := s.queueMessage(t, f.ID, note)
+		row := s.waitStatus(t, f.ID, id, outbox.Failed)
+		if row.Attempts != 1 || row.Reason == "" || calls.Load() != 1 {
+			t.Fatalf("row = %+v, calls = %d", row, calls.Load())
+		}
+		time.Sleep(1500 * time.Millisecond) // no retry comes later
+		if calls.Load() != 1 {
+			t.Fatalf("a permanent failure was retried (%d calls)", calls.Load())
+		}
+	})
+	t.Run("FallbackOnce", func(t *testing.T) {
+		f := s.signup(t)
+		hook, calls := tenantHook(t, func(int32) int { return http.StatusBadRequest })
+		useWebhook(t, f, hook.URL, true)
+		id := s.queueMessage(t, f.ID, note)
+		row := s.waitStatus(t, f.ID, id, outbox.Delivered) // the mailbox delivers at once
+		if row.Provider != "devmailbox" || calls.Load() != 1 {
+			t.Fatalf("row = %+v, webhook calls = %d", row, calls.Load())
+		}
+	})
+	t.Run("UnknownKindFails", func(t *testing.T) {
+		f := s.signup(t)
+		id := s.queueMessage(t, f.ID, outbox.Message{Kind: "no_such_template", Channel: outbox.SMS, Recipient: "+14155550100"})
+		row := s.waitStatus(t, f.ID, id, outbox.Failed)
+		if row.Reason == "" {
+			t.Fatal("no reason")
+		}
+	})
+}
+
+// TestDeliverySurvivesRedisOutage cuts Redis off while messages are being
+// written: they wait in the outbox and all go out, once each, when Redis is
+// back.
+func TestDeliverySurvivesRedisOutage(t *testing.T) {
+	p := newTCPProxy(t, "127.0.0.1:6379")
+	s := startServer(t, withWorkers, func(c *Config) { c.RedisURL = "redis://" + p.addr() + "/5" })
+	f := s.signup(t)
+	p.setDown(true)
+	var ids []uuid.UUID
+	for i := 0; i < 5; i++ {
+		m := note
+		m.Recipient = "outage-" + uuid.NewString()[:6] + "@example.com"
+		ids = append(ids, s.queueMessage(t, f.ID, m))
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, id := range ids {
+		if st := s.message(t, f.ID, id).Status; st != outbox.Queued {
+			t.Fatalf("status %s while Redis is down", st)
+		}
+	}
+	p.setDown(false)
+	for _, id := range ids {
+		row := s.waitStatus(t, f.ID, id, outbox.Delivered)
+		if got := len(s.mailbox(t, row.Recipient)); got != 1 {
+			t.Fatalf("%s received %d copies", row.Recipient, got)
+		}
+	}
+}
