@@ -26,7 +26,6 @@ ALTER TABLE outbox
     ADD COLUMN sent_at             timestamptz,
     ADD COLUMN delivered_at        timestamptz,
     ADD COLUMN updated_at          timestamptz NOT NULL DEFAULT now();
-CREATE INDEX outbox_by_status ON outbox (tenant_id, status, id DESC);
 
 CREATE TABLE tenant_providers (
     tenant_id         uuid NOT NULL REFERENCES tenants (tenant_id) ON DELETE CASCADE,

@@ -49,7 +49,7 @@ type Config struct {
 
 // DefaultConfig is tuned for latency and throughput on one node.
 func DefaultConfig(listenURL string) Config {
-	return Config{ListenURL: listenURL, Batch: 1000, Parallel: 16, Poll: 2 * time.Second, MaxRetry: 12, Retention: 24 * time.Hour, TaskTimeout: time.Minute}
+	return Config{ListenURL: listenURL, Batch: 100, Parallel: 16, Poll: 2 * time.Second, MaxRetry: 12, Retention: 24 * time.Hour, TaskTimeout: time.Minute}
 }
 
 // Relay runs the loop.
