@@ -109,7 +109,7 @@ func TestLoginLogout(t *testing.T) {
 	})
 	t.Run("OKCookie", func(t *testing.T) {
 		c := s.client()
-		r := c.expect(t, 200, "POST", "/api/v1/auth/login", map[string]any{"email": f.Email, "password": f.Password})
+		r := s.signIn(t, c, f.Email, f.Password)
 		sc := r.Header.Get("Set-Cookie")
 		for _, attr := range []string{"keyrelay_session=krs_", "HttpOnly", "SameSite=Lax", "path=/"} {
 			if !strings.Contains(sc, attr) {
@@ -457,7 +457,7 @@ func TestSameEmailInTwoTenants(t *testing.T) {
 func TestSecureCookieOverTLS(t *testing.T) {
 	s := startServer(t, func(c *Config) { c.BaseURL = "https://keys.example.com" })
 	f := s.signup(t)
-	r := s.client().expect(t, 200, "POST", "/api/v1/auth/login", map[string]any{"email": f.Email, "password": f.Password})
+	r := s.signIn(t, s.client(), f.Email, f.Password)
 	if !strings.Contains(r.Header.Get("Set-Cookie"), "secure") && !strings.Contains(r.Header.Get("Set-Cookie"), "Secure") {
 		t.Fatalf("cookie not Secure behind an https base URL: %q", r.Header.Get("Set-Cookie"))
 	}

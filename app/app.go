@@ -22,6 +22,7 @@ import (
 	"github.com/keyrelay/keyrelay/plugins/host"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
+	"github.com/keyrelay/keyrelay/tenants/guard"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 	"github.com/keyrelay/keyrelay/tenants/providers"
 	"github.com/keyrelay/keyrelay/tenants/secretbox"
@@ -41,6 +42,7 @@ type App struct {
 	outbox    *outbox.Outbox
 	accounts  *accounts.Service
 	providers *providers.Store
+	guard     *guard.Guard
 	plugins   *host.Host
 
 	queueOpt asynq.RedisConnOpt
@@ -164,8 +166,14 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 	a.outbox = outbox.New(a.box)
 	acfg := accounts.DefaultConfig(cfg.BaseURL)
 	acfg.SessionTTL, acfg.SessionIdle = cfg.SessionTTL, cfg.SessionIdle
+	acfg.SMSPerPhoneHour, acfg.SMSPerPhoneDay = cfg.SMSPerPhoneHour, cfg.SMSPerPhoneDay
+	if a.guard, err = guard.New(a.redis, cfg.LimitPrefix); err != nil {
+		a.Close()
+		return nil, err
+	}
 	hasher := accounts.NewHasher(cfg.HashConcurrency, 5*time.Second)
-	if a.accounts, err = accounts.NewService(a.scope, a.db, hasher, a.outbox, acfg); err != nil {
+	a.accounts, err = accounts.NewService(accounts.Deps{Scope: a.scope, DB: a.db, Hasher: hasher, Keys: a.box, Guard: a.guard, Messages: a.outbox, Log: log}, acfg)
+	if err != nil {
 		a.Close()
 		return nil, err
 	}

@@ -34,6 +34,10 @@ type Config struct {
 	AuthRateLimit   string   // ulule/limiter format, per client IP on sign-in calls
 	TrustedProxies  []string // addresses or CIDRs whose X-Forwarded-For is believed
 
+	LimitPrefix     string // Redis key prefix of the brute-force counters
+	SMSPerPhoneHour int64  // login codes one phone may receive an hour
+	SMSPerPhoneDay  int64
+
 	Workers           bool   // serve runs the background workers in-process
 	WorkerConcurrency int    // deliveries at once per process
 	DefaultProviders  string // JSON: the platform's provider per channel
@@ -82,6 +86,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		}
 	}
 	c.Workers = get("KEYRELAY_WORKERS", "inprocess") != "separate"
+	c.LimitPrefix = get("KEYRELAY_LIMIT_PREFIX", "keyrelay:guard")
+	c.SMSPerPhoneHour, c.SMSPerPhoneDay = 3, 10
 	c.DefaultProviders = getenv("KEYRELAY_DEFAULT_PROVIDERS")
 	if c.Env != "development" && c.Env != "production" {
 		return c, fmt.Errorf("KEYRELAY_ENV must be development or production, not %q", c.Env)

@@ -33,8 +33,9 @@ func (a *App) ensureDemo(ctx context.Context, out io.Writer) error {
   keyrelay is running in development mode at %s
   demo tenant:     %s / %s
   sign in:         curl -s %s/api/v1/auth/login -H 'Content-Type: application/json' -d '{"email":"%s","password":"%s"}'
+  then:            read the 6-digit code at %s/dev/mailbox and POST it to /api/v1/auth/login/verify
   operator token:  %s (development only; set KEYRELAY_OPERATOR_TOKEN in production)
 
-`, a.cfg.BaseURL, demoEmail, demoPassword, a.cfg.BaseURL, demoEmail, demoPassword, a.cfg.OperatorToken)
+`, a.cfg.BaseURL, demoEmail, demoPassword, a.cfg.BaseURL, demoEmail, demoPassword, a.cfg.BaseURL, a.cfg.OperatorToken)
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -75,6 +76,11 @@ func testConfig(t testing.TB) Config {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Each server counts guesses apart, so one test's failures cannot lock
+	// another's accounts; the SMS budgets would stop a test that signs in
+	// often, and have tests of their own.
+	cfg.LimitPrefix = "keyrelay:test:" + uuid.NewString()
+	cfg.SMSPerPhoneHour, cfg.SMSPerPhoneDay = 1000, 1000
 	return cfg
 }
 
@@ -230,12 +236,53 @@ func (s *server) signup(t testing.TB) tenantFixture {
 	return f
 }
 
+// login signs in through both steps, reading the code from the outbox as
+// the relay would hand it to the provider.
 func (s *server) login(t testing.TB, email, password string) *client {
 	t.Helper()
 	c := s.client()
-	r := c.expect(t, 200, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": password})
+	r := s.signIn(t, c, email, password)
 	c.token = r.JSON(t)["token"].(string)
 	return c
+}
+
+// signIn runs both steps for c and returns the answer that carries the
+// session (token and cookie).
+func (s *server) signIn(t testing.TB, c *client, email, password string) response {
+	t.Helper()
+	r := c.do(t, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": password})
+	switch r.Status {
+	case 200:
+	case 202:
+		challenge := r.JSON(t)["challenge_id"].(string)
+		r = c.expect(t, 200, "POST", "/api/v1/auth/login/verify", map[string]any{"challenge_id": challenge, "code": s.lastCode(t, challenge)})
+	default:
+		t.Fatalf("login: %d %s", r.Status, r.Body)
+	}
+	return r
+}
+
+// tenantOfChallenge reads the tenant id a challenge token carries.
+func tenantOfChallenge(t testing.TB, challenge string) uuid.UUID {
+	t.Helper()
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(challenge, "krc_"))
+	if err != nil || len(raw) < 16 {
+		t.Fatalf("challenge %q: %v", challenge, err)
+	}
+	id, _ := uuid.FromBytes(raw[:16])
+	return id
+}
+
+// lastCode returns the newest login code sent in the challenge's tenant.
+func (s *server) lastCode(t testing.TB, challenge string) string {
+	t.Helper()
+	for _, row := range s.outboxOf(t, tenantOfChallenge(t, challenge)) {
+		if row.Kind == "login_code" {
+			return row.Data["code"]
+		}
+	}
+	t.Fatal("no login code in the outbox")
+	return ""
 }
 
 // outboxOf returns the tenant's outbox rows, newest first, read through the

@@ -29,7 +29,8 @@ func withRequestID(c *fiber.Ctx) error {
 	}
 	c.Set(headerRequestID, id)
 	c.Locals(requestIDKey{}, id)
-	c.SetUserContext(context.WithValue(c.UserContext(), requestIDKey{}, id))
+	ctx := context.WithValue(c.UserContext(), requestIDKey{}, id)
+	c.SetUserContext(tenants.WithClientIP(ctx, c.IP()))
 	return c.Next()
 }
 

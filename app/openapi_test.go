@@ -22,10 +22,14 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
 
 	"github.com/keyrelay/keyrelay/plugins/providers/devmailbox/devmailbox"
 	"github.com/keyrelay/keyrelay/plugins/sdk"
 	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/accounts"
+	"github.com/keyrelay/keyrelay/tenants/audit"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 	"github.com/keyrelay/keyrelay/tenants/providers"
 )
@@ -185,11 +189,18 @@ func TestOpenAPIDocumentIsValid(t *testing.T) {
 	// The other schemas written straight from a Go type carry its fields.
 	fallback, _ := reflect.TypeOf(providers.View{}).FieldByName("Fallback")
 	for name, typ := range map[string]reflect.Type{
-		"Message":             reflect.TypeOf(outbox.MessageView{}),
-		"ProviderRoute":       reflect.TypeOf(providers.View{}),
-		"ProviderRouteInput":  reflect.TypeOf(providers.RouteInput{}),
-		"ProviderChoiceInput": reflect.TypeOf(providers.ChoiceInput{}),
-		"DevMailboxMessage":   reflect.TypeOf(devMailboxEntry{}),
+		"Message":                 reflect.TypeOf(outbox.MessageView{}),
+		"ProviderRoute":           reflect.TypeOf(providers.View{}),
+		"ProviderRouteInput":      reflect.TypeOf(providers.RouteInput{}),
+		"ProviderChoiceInput":     reflect.TypeOf(providers.ChoiceInput{}),
+		"DevMailboxMessage":       reflect.TypeOf(devMailboxEntry{}),
+		"VerifyLoginRequest":      reflect.TypeOf(accounts.VerifyInput{}),
+		"MySecurity":              reflect.TypeOf(accounts.MySecurity{}),
+		"UpdateMySecurityRequest": reflect.TypeOf(accounts.SecurityInput{}),
+		"TOTPEnrolment":           reflect.TypeOf(accounts.TOTPEnrolment{}),
+		"SecurityPolicy":          reflect.TypeOf(accounts.PolicyView{}),
+		"SecurityPolicyUpdate":    reflect.TypeOf(accounts.PolicyInput{}),
+		"AuditEvent":              reflect.TypeOf(audit.Event{}),
 	} {
 		s := doc.Components.Schemas[name]
 		if s == nil {
@@ -218,15 +229,7 @@ func hasSuccess(op *openapi3.Operation) bool {
 // checkFields asserts schema has exactly the JSON fields of the Go type.
 func checkFields(t *testing.T, name string, schema *openapi3.Schema, typ reflect.Type) {
 	t.Helper()
-	var want []string
-	for i := range typ.NumField() {
-		f := typ.Field(i)
-		tag := strings.Split(f.Tag.Get("json"), ",")[0]
-		if tag == "-" || !f.IsExported() {
-			continue
-		}
-		want = append(want, tag)
-	}
+	want := jsonFields(typ)
 	var got []string
 	for p := range schema.Properties {
 		got = append(got, p)
@@ -236,6 +239,41 @@ func checkFields(t *testing.T, name string, schema *openapi3.Schema, typ reflect
 	if !slices.Equal(got, want) {
 		t.Errorf("schema %s has properties %v, the Go type %v has %v", name, got, typ, want)
 	}
+}
+
+// jsonFields lists the JSON names of typ's fields, with the fields of
+// embedded structs promoted as encoding/json does.
+func jsonFields(typ reflect.Type) []string {
+	var out []string
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		tag := strings.Split(f.Tag.Get("json"), ",")[0]
+		if f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct {
+			out = append(out, jsonFields(f.Type)...)
+			continue
+		}
+		if tag == "-" || !f.IsExported() {
+			continue
+		}
+		if tag == "" {
+			tag = f.Name
+		}
+		out = append(out, tag)
+	}
+	return out
+}
+
+// guardedRoutes consult the brute-force counters of tenants/guard (directly,
+// or through the password re-check): they answer 429 with Retry-After, and
+// 503 when Redis is down (they fail closed), sign-in rate limit or not.
+var guardedRoutes = []string{
+	"POST /api/v1/auth/login",
+	"POST /api/v1/auth/login/verify",
+	"POST /api/v1/auth/login/resend",
+	"PUT /api/v1/me/security",
+	"POST /api/v1/me/totp",
+	"POST /api/v1/me/totp/confirm",
+	"DELETE /api/v1/me/totp",
 }
 
 func TestOpenAPICoversEveryRoute(t *testing.T) {
@@ -280,6 +318,11 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 		limit = ptr(signin)
 		admin = ptr(role(tenants.RoleAdmin))
 	)
+	for _, k := range guardedRoutes {
+		if !hasKey(routes, k) {
+			t.Errorf("guardedRoutes names %s, but no route serves it", k)
+		}
+	}
 	for k, r := range routes {
 		o, ok := ops[k]
 		if !ok {
@@ -302,11 +345,12 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 		}
 		r429 := op.Responses.Value("429")
 		documented429 := r429 != nil && r429.Value.Headers["Retry-After"] != nil
-		if uses(limit) != documented429 {
-			t.Errorf("%s: sign-in rate limit %v, 429 with Retry-After documented %v", k, uses(limit), documented429)
+		guarded := slices.Contains(guardedRoutes, k)
+		if limited := uses(limit) || guarded; limited != documented429 {
+			t.Errorf("%s: sign-in rate limit %v, attempt counters %v, 429 with Retry-After documented %v", k, uses(limit), guarded, documented429)
 		}
-		if uses(limit) && op.Responses.Value("503") == nil {
-			t.Errorf("%s: rate-limited through Redis, so it answers 503: document it", k)
+		if (uses(limit) || guarded) && op.Responses.Value("503") == nil {
+			t.Errorf("%s: limited through Redis, so it answers 503: document it", k)
 		}
 		if uses(admin) && op.Responses.Value("403") == nil {
 			t.Errorf("%s: admin only, but no 403 documented", k)
@@ -351,9 +395,11 @@ func TestOpenAPIServed(t *testing.T) {
 
 // specCheck sends real requests and checks each request it expects to be
 // valid, and every response, against the document. It keeps its own small
-// HTTP client so that it depends on the test harness for startServer only.
+// HTTP client so that it depends on the test harness only for startServer
+// and, to finish a sign-in, for the code the server sent (lastCode).
 type specCheck struct {
 	t   *testing.T
+	srv *server
 	url string
 	doc *openapi3.T
 	ops map[string]docOp
@@ -479,6 +525,15 @@ func (sc *specCheck) call(c caller, want int, validRequest bool, method, rawPath
 	if r.Status != want {
 		t.Fatalf("%s %s: status %d, want %d: %s", method, rawPath, r.Status, want, r.Body)
 	}
+	sc.check(r, c, validRequest, method, rawPath, body, headers...)
+	return r
+}
+
+// check validates the answer r to the request (and the request itself when
+// validRequest is set) against the document.
+func (sc *specCheck) check(r answer, c caller, validRequest bool, method, rawPath string, body any, headers ...string) {
+	t := sc.t
+	t.Helper()
 	u, err := url.Parse(rawPath)
 	if err != nil {
 		t.Fatal(err)
@@ -499,7 +554,69 @@ func (sc *specCheck) call(c caller, want int, validRequest bool, method, rawPath
 	if err := openapi3filter.ValidateResponse(ctx, rin); err != nil {
 		t.Errorf("%s %s -> %d: the response does not match the document: %v\n%s", method, rawPath, r.Status, err, r.Body)
 	}
-	return r
+}
+
+// signIn signs in as a client of the document would: the password, then,
+// when the answer is 202, the code the server sent (read from the outbox).
+// It reports whether a second factor was asked for.
+func (sc *specCheck) signIn(email, password string) (caller, bool) {
+	t := sc.t
+	t.Helper()
+	var anon caller
+	body := map[string]any{"email": email, "password": password}
+	r := sc.send(anon, "POST", "/api/v1/auth/login", body)
+	sc.check(r, anon, true, "POST", "/api/v1/auth/login", body)
+	challenged := r.Status == http.StatusAccepted
+	switch r.Status {
+	case http.StatusOK:
+	case http.StatusAccepted:
+		challenge := r.JSON(t)["challenge_id"].(string)
+		r = sc.call(anon, 200, true, "POST", "/api/v1/auth/login/verify", map[string]any{"challenge_id": challenge, "code": sc.srv.lastCode(t, challenge)})
+	default:
+		t.Fatalf("sign in: status %d: %s", r.Status, r.Body)
+	}
+	tok, _ := r.JSON(t)["token"].(string)
+	if tok == "" {
+		t.Fatalf("sign in: no token: %s", r.Body)
+	}
+	return caller{token: tok}, challenged
+}
+
+// otherCode is a 6-digit code that is not code.
+func otherCode(code string) string {
+	var n int
+	fmt.Sscanf(code, "%d", &n)
+	return fmt.Sprintf("%06d", (n+1)%1_000_000)
+}
+
+var totpOpts = totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1}
+
+// totpCode is the authenticator app's current code for secret.
+func totpCode(t testing.TB, secret string) string {
+	t.Helper()
+	code, err := totp.GenerateCodeCustom(secret, time.Now(), totpOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+// wrongTOTP is a 6-digit code the app shows at none of the steps around now.
+func wrongTOTP(t testing.TB, secret string) string {
+	t.Helper()
+	near := map[string]bool{}
+	for step := -3; step <= 3; step++ {
+		code, err := totp.GenerateCodeCustom(secret, time.Now().Add(time.Duration(step)*30*time.Second), totpOpts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		near[code] = true
+	}
+	for i := 0; ; i++ {
+		if c := fmt.Sprintf("%06d", i); !near[c] {
+			return c
+		}
+	}
 }
 
 // TestOpenAPIDescribesResponses drives every documented operation through
@@ -507,7 +624,8 @@ func (sc *specCheck) call(c caller, want int, validRequest bool, method, rawPath
 func TestOpenAPIDescribesResponses(t *testing.T) {
 	doc := loadOpenAPI(t, openAPI)
 	s := startServer(t, func(c *Config) { c.BodyLimit = 16 << 10 })
-	sc := &specCheck{t: t, url: s.url, doc: doc, ops: documentedOps(doc)}
+	sc := &specCheck{t: t, srv: s, url: s.url, doc: doc, ops: documentedOps(doc)}
+	started := time.Now().Add(-time.Minute)
 
 	var anon caller
 	sc.call(anon, 200, true, "GET", "/healthz", nil)
@@ -534,11 +652,38 @@ func TestOpenAPIDescribesResponses(t *testing.T) {
 	sc.call(anon, 422, true, "POST", "/api/v1/signup", weak)
 	sc.call(anon, 413, false, "POST", "/api/v1/signup", `{"company":"`+strings.Repeat("x", 20<<10)+`"}`)
 
-	// Signing in.
+	// Signing in: the password, then (login 2FA is on by default) the code
+	// sent by SMS.
 	sc.call(anon, 401, true, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": "wrong-password-1"})
-	var owner caller
-	login := sc.call(owner, 200, true, "POST", "/api/v1/auth/login", map[string]any{"email": email, "password": password})
-	owner.token = login.JSON(t)["token"].(string)
+	credentials := map[string]any{"email": email, "password": password}
+	pending := sc.call(anon, 202, true, "POST", "/api/v1/auth/login", credentials).JSON(t)
+	if pending["channel"] != "sms" {
+		t.Errorf("the owner has a phone, but the challenge says %v", pending)
+	}
+	challenge := pending["challenge_id"].(string)
+	sent := s.lastCode(t, challenge)
+	const verifyPath, resendPath = "/api/v1/auth/login/verify", "/api/v1/auth/login/resend"
+	sc.call(anon, 401, true, "POST", verifyPath, map[string]any{"challenge_id": challenge, "code": otherCode(sent)})
+	if f := fieldErrors(t, sc.call(anon, 422, false, "POST", verifyPath, map[string]any{"challenge_id": challenge})); !slices.Equal(f, []string{"code"}) {
+		t.Errorf("verify without a code: errors on %v, want [code]", f)
+	}
+	sc.call(anon, 422, false, "POST", verifyPath, map[string]any{"challenge_id": challenge, "code": sent, "recovery_code": "aaaa-bbbb-cccc-dddd"})
+	sc.call(anon, 401, true, "POST", verifyPath, map[string]any{"challenge_id": "krc_nope", "code": sent})
+	sc.call(anon, 400, false, "POST", verifyPath, map[string]any{"challenge_id": challenge, "code": sent, "pin": "1234"})
+	sc.call(anon, 202, true, "POST", resendPath, map[string]any{"challenge_id": challenge})
+	resent := s.lastCode(t, challenge)
+	if resent != sent {
+		sc.call(anon, 401, true, "POST", verifyPath, map[string]any{"challenge_id": challenge, "code": sent})
+	}
+	sc.call(anon, 401, true, "POST", resendPath, map[string]any{"challenge_id": "krc_nope"})
+	sc.call(anon, 400, false, "POST", resendPath, "{not json")
+	verified := sc.call(anon, 200, true, "POST", verifyPath, map[string]any{"challenge_id": challenge, "code": resent})
+	if !strings.Contains(verified.Header.Get("Set-Cookie"), "keyrelay_session=") {
+		t.Errorf("verify set no session cookie: %v", verified.Header)
+	}
+	owner := caller{token: verified.JSON(t)["token"].(string)}
+	sc.call(anon, 401, true, "POST", verifyPath, map[string]any{"challenge_id": challenge, "code": resent})
+	sc.call(anon, 401, true, "POST", resendPath, map[string]any{"challenge_id": challenge})
 	me := sc.call(owner, 200, true, "GET", "/api/v1/me", nil).JSON(t)
 	ownerID := me["id"].(string)
 	sc.call(anon, 401, true, "GET", "/api/v1/me", nil)
@@ -571,6 +716,120 @@ func TestOpenAPIDescribesResponses(t *testing.T) {
 	sc.call(integ, 403, true, "GET", "/api/v1/me", nil)
 	sc.call(integ, 403, true, "GET", "/api/v1/users", nil)
 	sc.call(integ, 403, true, "GET", "/api/v1/users/"+staffID, nil)
+
+	// The caller's own sign-in settings.
+	const mySecurity = "/api/v1/me/security"
+	if m := sc.call(owner, 200, true, "GET", mySecurity, nil).JSON(t); m["login_2fa"] != true || m["method"] != "sms" || m["pin_set"] != false {
+		t.Errorf("a new owner's sign-in settings: %v", m)
+	}
+	sc.call(integ, 403, true, "GET", mySecurity, nil)
+	sc.call(anon, 401, true, "GET", mySecurity, nil)
+
+	// An authenticator app: set up, confirmed, used to sign in, removed.
+	const totpPath = "/api/v1/me/totp"
+	wrongPassword := map[string]any{"current_password": "wrong-password-1"}
+	rightPassword := map[string]any{"current_password": password}
+	sc.call(owner, 403, true, "POST", totpPath, wrongPassword)
+	sc.call(owner, 409, true, "POST", totpPath+"/confirm", map[string]any{"code": "123456"})
+	sc.call(integ, 403, true, "POST", totpPath, rightPassword)
+	sc.call(owner, 400, false, "POST", totpPath, map[string]any{"current_password": password, "issuer": "x"})
+	enrolment := sc.call(owner, 201, true, "POST", totpPath, rightPassword).JSON(t)
+	secret := enrolment["secret"].(string)
+	if f := fieldErrors(t, sc.call(owner, 422, true, "POST", totpPath+"/confirm", map[string]any{"code": wrongTOTP(t, secret)})); !slices.Equal(f, []string{"code"}) {
+		t.Errorf("confirm with a wrong code: errors on %v, want [code]", f)
+	}
+	confirmed := sc.call(owner, 200, true, "POST", totpPath+"/confirm", map[string]any{"code": totpCode(t, secret)}).JSON(t)
+	recovery, _ := confirmed["recovery_codes"].([]any)
+	if len(recovery) != 10 {
+		t.Fatalf("confirm: want 10 recovery codes: %v", confirmed)
+	}
+	sc.call(owner, 409, true, "POST", totpPath, rightPassword)
+	sc.call(owner, 409, true, "POST", totpPath+"/confirm", map[string]any{"code": totpCode(t, secret)})
+	if m := sc.call(owner, 200, true, "GET", mySecurity, nil).JSON(t); m["method"] != "totp" {
+		t.Errorf("method after confirming the app: %v", m)
+	}
+	byApp := sc.call(anon, 202, true, "POST", "/api/v1/auth/login", credentials).JSON(t)
+	if byApp["channel"] != "totp" {
+		t.Errorf("challenge after confirming the app: %v", byApp)
+	}
+	sc.call(anon, 409, true, "POST", resendPath, map[string]any{"challenge_id": byApp["challenge_id"]})
+	sc.call(anon, 200, true, "POST", verifyPath, map[string]any{"challenge_id": byApp["challenge_id"], "recovery_code": strings.ToUpper(recovery[0].(string))})
+	byApp = sc.call(anon, 202, true, "POST", "/api/v1/auth/login", credentials).JSON(t)
+	sc.call(anon, 401, true, "POST", verifyPath, map[string]any{"challenge_id": byApp["challenge_id"], "recovery_code": recovery[0]})
+	sc.call(anon, 200, true, "POST", verifyPath, map[string]any{"challenge_id": byApp["challenge_id"], "code": totpCode(t, secret)})
+	sc.call(owner, 403, true, "DELETE", totpPath, wrongPassword)
+	sc.call(owner, 400, false, "DELETE", totpPath, nil)
+	sc.call(owner, 204, true, "DELETE", totpPath, rightPassword)
+	sc.call(owner, 409, true, "POST", totpPath+"/confirm", map[string]any{"code": totpCode(t, secret)})
+
+	// Login 2FA off: the password alone signs in.
+	sc.call(owner, 403, true, "PUT", mySecurity, map[string]any{"current_password": "wrong-password-1", "login_2fa": false})
+	if f := fieldErrors(t, sc.call(owner, 422, false, "PUT", mySecurity, map[string]any{"current_password": password, "phone": "555", "email": "nope"})); !slices.Equal(f, []string{"phone", "email"}) {
+		t.Errorf("PUT /me/security with a bad phone and email: errors on %v, want [phone email]", f)
+	}
+	sc.call(owner, 409, true, "PUT", mySecurity, map[string]any{"current_password": password, "email": staffEmail})
+	sc.call(owner, 400, false, "PUT", mySecurity, map[string]any{"current_password": password, "method": "totp"})
+	sc.call(integ, 403, true, "PUT", mySecurity, map[string]any{"current_password": password, "login_2fa": false})
+	if m := sc.call(owner, 200, true, "PUT", mySecurity, map[string]any{"current_password": password, "login_2fa": false, "phone": nil, "email": nil}).JSON(t); m["login_2fa"] != false || m["method"] != "sms" {
+		t.Errorf("after turning login 2FA off: %v", m)
+	}
+	sc.call(anon, 200, true, "POST", "/api/v1/auth/login", credentials)
+
+	// The tenant's key-exchange policy, and PINs.
+	const policyPath, pinPath = "/api/v1/security", "/api/v1/me/pin"
+	sc.call(owner, 409, true, "PUT", pinPath, map[string]any{"pin": "5831"})
+	if p := sc.call(owner, 200, true, "GET", policyPath, nil).JSON(t); p["owner_pickups_2fa"] != true || p["visitor_pickups"] != "sms" || len(p["warnings"].([]any)) != 0 {
+		t.Errorf("a new tenant's policy: %v", p)
+	}
+	sc.call(integ, 403, true, "GET", policyPath, nil)
+	sc.call(integ, 403, true, "PUT", policyPath, map[string]any{"visitor_pickups": "pin"})
+	sc.call(anon, 401, true, "GET", policyPath, nil)
+	if f := fieldErrors(t, sc.call(owner, 422, false, "PUT", policyPath, map[string]any{"visitor_pickups": "fax"})); !slices.Equal(f, []string{"visitor_pickups"}) {
+		t.Errorf("PUT /security with visitor_pickups fax: errors on %v, want [visitor_pickups]", f)
+	}
+	sc.call(owner, 400, false, "PUT", policyPath, map[string]any{"owner_pickups_2fa": "no"})
+	if p := sc.call(owner, 200, true, "PUT", policyPath, map[string]any{"visitor_pickups": "pin", "owner_pickups_2fa": nil}).JSON(t); p["visitor_pickups"] != "pin" || p["owner_pickups_2fa"] != true {
+		t.Errorf("policy after choosing PINs: %v", p)
+	}
+	if f := fieldErrors(t, sc.call(owner, 422, true, "PUT", pinPath, map[string]any{"pin": "1234"})); !slices.Equal(f, []string{"pin"}) {
+		t.Errorf("a common PIN: errors on %v, want [pin]", f)
+	}
+	sc.call(owner, 422, false, "PUT", pinPath, map[string]any{"pin": "12345"})
+	sc.call(integ, 403, true, "PUT", pinPath, map[string]any{"pin": "5831"})
+	sc.call(owner, 204, true, "PUT", pinPath, map[string]any{"pin": "5831"})
+	if m := sc.call(owner, 200, true, "GET", mySecurity, nil).JSON(t); m["pin_set"] != true {
+		t.Errorf("pin_set after PUT /me/pin: %v", m)
+	}
+	if p := sc.call(owner, 200, true, "PUT", policyPath, map[string]any{"owner_pickups_2fa": false}).JSON(t); p["owner_pickups_2fa"] != false || len(p["warnings"].([]any)) != 1 {
+		t.Errorf("turning owner_pickups_2fa off gave no warning: %v", p)
+	}
+
+	// The audit log.
+	const auditPath = "/api/v1/audit"
+	entries := sc.call(owner, 200, true, "GET", auditPath, nil).JSON(t)["items"].([]any)
+	if len(entries) == 0 {
+		t.Fatal("the audit log is empty")
+	}
+	if e := entries[0].(map[string]any); e["action"] != "security.exchange_2fa_disabled" || e["actor"] != "user:"+ownerID || e["client_ip"] == "" {
+		t.Errorf("the newest audit entry is not the policy change: %v", e)
+	}
+	since := url.QueryEscape(started.UTC().Format(time.RFC3339))
+	logins := sc.call(owner, 200, true, "GET", auditPath+"?action=login.succeeded&actor=user:"+ownerID+"&since="+since+"&limit=1", nil).JSON(t)
+	next, _ := logins["next_cursor"].(string)
+	if next == "" {
+		t.Fatalf("a full page of sign-ins has no next_cursor: %v", logins)
+	}
+	for _, it := range sc.call(owner, 200, true, "GET", auditPath+"?action=login.succeeded&cursor="+next, nil).JSON(t)["items"].([]any) {
+		if e := it.(map[string]any); e["action"] != "login.succeeded" {
+			t.Errorf("action filter let through %v", e)
+		}
+	}
+	if f := fieldErrors(t, sc.call(owner, 422, false, "GET", auditPath+"?since=yesterday", nil)); !slices.Equal(f, []string{"since"}) {
+		t.Errorf("bad since: errors on %v, want [since]", f)
+	}
+	sc.call(owner, 422, false, "GET", auditPath+"?limit=0", nil)
+	sc.call(integ, 403, true, "GET", auditPath, nil)
+	sc.call(anon, 401, true, "GET", auditPath, nil)
 
 	// Messages. No workers run, so nothing is delivered, but the staff
 	// invitation is queued.
@@ -684,6 +943,14 @@ func TestOpenAPIDescribesResponses(t *testing.T) {
 
 	sc.call(owner, 204, true, "POST", "/api/v1/auth/logout", nil)
 	sc.call(owner, 401, true, "GET", "/api/v1/me", nil)
+
+	// After a password change the next sign-in asks for a code, login 2FA
+	// off or not.
+	renewed, challenged := sc.signIn(email, "another-horse-43")
+	if !challenged {
+		t.Error("the sign-in after a password change asked for no code")
+	}
+	sc.call(renewed, 200, true, "GET", "/api/v1/me", nil)
 
 	t.Run("MailboxHiddenInProduction", func(t *testing.T) {
 		s := startServer(t, func(c *Config) { c.Env = "production" })

@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
+	"github.com/keyrelay/keyrelay/tenants/audit"
 	"github.com/keyrelay/keyrelay/tenants/providers"
 )
 
@@ -49,11 +50,22 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	// Accounts
 	v1.Post("/signup", signin, idem, acc.Signup)
 	v1.Post("/auth/login", signin, acc.Login)
+	v1.Post("/auth/login/verify", signin, acc.VerifyLogin)
+	v1.Post("/auth/login/resend", signin, acc.ResendCode)
 	v1.Post("/auth/logout", auth, acc.Logout)
 	v1.Post("/auth/password/forgot", signin, acc.ForgotPassword)
 	v1.Post("/auth/password/reset", signin, acc.ResetPassword)
 	v1.Get("/me", auth, acc.Me)
 	v1.Put("/me/password", signin, auth, acc.ChangePassword)
+	v1.Get("/me/security", auth, acc.GetMySecurity)
+	v1.Put("/me/security", auth, acc.PutMySecurity)
+	v1.Post("/me/totp", auth, acc.StartTOTP)
+	v1.Post("/me/totp/confirm", auth, acc.ConfirmTOTP)
+	v1.Delete("/me/totp", auth, acc.DisableTOTP)
+	v1.Put("/me/pin", auth, acc.SetPIN)
+	v1.Get("/security", auth, admin, acc.GetPolicy)
+	v1.Put("/security", auth, admin, acc.PutPolicy)
+	v1.Get("/audit", auth, admin, audit.ListHandler)
 	v1.Get("/users", auth, admin, acc.ListUsers)
 	v1.Post("/users", auth, idem, admin, acc.CreateUser)
 	v1.Get("/users/:id", auth, acc.GetUser)

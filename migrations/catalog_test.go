@@ -49,7 +49,7 @@ var globalTables = []string{"goose_db_version"}
 var pathRoles = map[string][]string{
 	"keyrelay_lookup":  nil,
 	"keyrelay_relay":   nil,
-	"keyrelay_janitor": {"sessions:DELETE", "password_resets:DELETE"},
+	"keyrelay_janitor": {"sessions:DELETE", "password_resets:DELETE", "login_challenges:DELETE"},
 }
 
 // secretColumns are never readable by a path role.
@@ -57,6 +57,8 @@ var secretColumns = [][2]string{
 	{"users", "password_hash"}, {"users", "name"}, {"users", "phone"},
 	{"sessions", "token_hash"}, {"password_resets", "token_hash"}, {"api_keys", "token_hash"},
 	{"outbox", "payload"}, {"outbox", "recipient"},
+	{"users", "totp_secret"}, {"users", "pin_hash"}, {"login_challenges", "code_hash"}, {"login_challenges", "token_hash"},
+	{"recovery_codes", "code_hash"}, {"tenant_providers", "settings"},
 }
 
 // securityDefiners are the SECURITY DEFINER functions allowed in schema
@@ -76,13 +78,15 @@ var roleScopedPolicies = map[string]struct {
 	cmd   string
 	roles []string
 }{
-	"users.lookup_by_email":          {cmd: "SELECT", roles: []string{"keyrelay_lookup"}},
-	"outbox.relay_read":              {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
-	"outbox.relay_mark":              {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
-	"sessions.janitor_read":          {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"sessions.janitor_delete":        {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
-	"password_resets.janitor_read":   {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"password_resets.janitor_delete": {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"users.lookup_by_email":           {cmd: "SELECT", roles: []string{"keyrelay_lookup"}},
+	"outbox.relay_read":               {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
+	"outbox.relay_mark":               {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
+	"sessions.janitor_read":           {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"sessions.janitor_delete":         {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"password_resets.janitor_read":    {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"password_resets.janitor_delete":  {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"login_challenges.janitor_read":   {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"login_challenges.janitor_delete": {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
 }
 
 func ownerConn(t *testing.T, rawURL string) *pgx.Conn {

@@ -70,3 +70,17 @@ func Require(ctx context.Context, min Role) (Principal, error) {
 	}
 	return p, nil
 }
+
+type clientIPKey struct{}
+
+// WithClientIP records the caller's address (as the HTTP layer resolved it)
+// for audit entries and per-address limits.
+func WithClientIP(ctx context.Context, ip string) context.Context {
+	return context.WithValue(ctx, clientIPKey{}, ip)
+}
+
+// ClientIP returns the caller's address, or "".
+func ClientIP(ctx context.Context) string {
+	ip, _ := ctx.Value(clientIPKey{}).(string)
+	return ip
+}

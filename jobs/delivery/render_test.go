@@ -14,7 +14,7 @@ func TestTemplates(t *testing.T) {
 	en, fr := tpl.Kinds("en"), tpl.Kinds("fr")
 	slices.Sort(en)
 	slices.Sort(fr)
-	for _, kind := range []string{"access_instructions", "login_code", "exchange_code", "password_reset", "return_reminder", "invitation", "password_changed"} {
+	for _, kind := range []string{"access_instructions", "login_code", "exchange_code", "password_reset", "return_reminder", "invitation", "password_changed", "security_changed"} {
 		if !slices.Contains(en, kind) || !slices.Contains(fr, kind) {
 			t.Errorf("%s is missing in English or French", kind)
 		}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/mail"
 	"regexp"
 	"strings"
@@ -18,14 +19,18 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/guard"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
 
 // Tenant is a business using keyrelay.
 type Tenant struct {
-	TenantID  uuid.UUID `gorm:"primaryKey"`
-	Name      string
-	CreatedAt time.Time
+	TenantID        uuid.UUID `gorm:"primaryKey"`
+	Name            string
+	DefaultLanguage string `gorm:"default:en"`
+	OwnerPickups2FA bool   `gorm:"column:owner_pickups_2fa;default:true"`
+	VisitorPickups  string `gorm:"default:sms"`
+	CreatedAt       time.Time
 }
 
 // User is a staff member or visitor of a tenant.
@@ -39,8 +44,24 @@ type User struct {
 	PasswordHash      *string
 	PasswordChangedAt *time.Time
 	DisabledAt        *time.Time
+	Language          *string
+	Login2FA          bool `gorm:"column:login_2fa;default:true"`
+	Force2FA          bool `gorm:"column:force_2fa"`
+	TOTPSecret        []byte
+	TOTPEnabledAt     *time.Time
+	PINHash           []byte `gorm:"column:pin_hash"`
+	PINFailures       int    `gorm:"column:pin_failures"`
+	PINDisabledAt     *time.Time
 	CreatedAt         time.Time
 	UpdatedAt         time.Time
+}
+
+// language is the one messages to u are written in.
+func (u User) language() string {
+	if u.Language != nil {
+		return *u.Language
+	}
+	return "en"
 }
 
 // Session is a signed-in browser or client.
@@ -71,23 +92,29 @@ func (passwordReset) TableName() string { return "password_resets" }
 
 // Config holds the account rules that operators may tune.
 type Config struct {
-	BaseURL        string        // absolute links in emails are built from this only
-	SessionTTL     time.Duration // absolute lifetime of a session
-	SessionIdle    time.Duration // a session unused this long ends
-	ResetTTL       time.Duration // lifetime of a password reset link
-	InviteTTL      time.Duration // lifetime of an invitation link
-	ForgotMinDelay time.Duration // "forgot password" answers no sooner than this, found or not
+	BaseURL         string        // absolute links in emails are built from this only
+	SessionTTL      time.Duration // absolute lifetime of a session
+	SessionIdle     time.Duration // a session unused this long ends
+	ResetTTL        time.Duration // lifetime of a password reset link
+	InviteTTL       time.Duration // lifetime of an invitation link
+	ForgotMinDelay  time.Duration // "forgot password" answers no sooner than this, found or not
+	SMSDailyBudget  int64         // SMS codes a tenant may send a day
+	SMSPerPhoneHour int64         // …and one phone may receive an hour
+	SMSPerPhoneDay  int64
 }
 
 // DefaultConfig returns the limits the security issue asks for.
 func DefaultConfig(baseURL string) Config {
 	return Config{
-		BaseURL:        strings.TrimRight(baseURL, "/"),
-		SessionTTL:     12 * time.Hour,
-		SessionIdle:    30 * time.Minute,
-		ResetTTL:       30 * time.Minute,
-		InviteTTL:      72 * time.Hour,
-		ForgotMinDelay: 300 * time.Millisecond,
+		BaseURL:         strings.TrimRight(baseURL, "/"),
+		SessionTTL:      12 * time.Hour,
+		SessionIdle:     30 * time.Minute,
+		ResetTTL:        30 * time.Minute,
+		InviteTTL:       72 * time.Hour,
+		ForgotMinDelay:  300 * time.Millisecond,
+		SMSDailyBudget:  1000,
+		SMSPerPhoneHour: 3,
+		SMSPerPhoneDay:  10,
 	}
 }
 
@@ -96,13 +123,35 @@ type Messages interface {
 	Add(ctx context.Context, m outbox.Message) (uuid.UUID, error)
 }
 
+// Keys protects short secrets: sealing what must be read back (TOTP
+// secrets) and keyed hashes of what is only compared (codes, PINs).
+type Keys interface {
+	Seal(plaintext, context []byte) ([]byte, error)
+	Open(sealed, context []byte) ([]byte, error)
+	Hash(parts ...[]byte) []byte
+}
+
+// Deps are what the account service is built on.
+type Deps struct {
+	Scope    *tenants.Scope
+	DB       *gorm.DB // application role; only for login_candidates
+	Hasher   *Hasher
+	Keys     Keys
+	Guard    *guard.Guard
+	Messages Messages
+	Log      *slog.Logger
+}
+
 // Service implements the account calls. Each public method runs in the
 // tenant transaction of its context or opens one.
 type Service struct {
 	scope  *tenants.Scope
-	db     *gorm.DB // application role; only for login_candidates
+	db     *gorm.DB
 	hasher *Hasher
+	keys   Keys
+	guard  *guard.Guard
 	msgs   Messages
+	log    *slog.Logger
 	cfg    Config
 	now    func() time.Time
 	// dummyHash keeps an unknown email as slow as a wrong password.
@@ -110,9 +159,9 @@ type Service struct {
 }
 
 // NewService wires the account service.
-func NewService(scope *tenants.Scope, db *gorm.DB, hasher *Hasher, msgs Messages, cfg Config) (*Service, error) {
-	s := &Service{scope: scope, db: db, hasher: hasher, msgs: msgs, cfg: cfg, now: time.Now}
-	h, err := hasher.Hash(context.Background(), uuid.NewString())
+func NewService(d Deps, cfg Config) (*Service, error) {
+	s := &Service{scope: d.Scope, db: d.DB, hasher: d.Hasher, keys: d.Keys, guard: d.Guard, msgs: d.Messages, log: d.Log, cfg: cfg, now: time.Now}
+	h, err := d.Hasher.Hash(context.Background(), uuid.NewString())
 	if err != nil {
 		return nil, err
 	}
@@ -222,17 +271,34 @@ type LoginInput struct {
 	UserAgent string    `json:"-"`
 }
 
-// Login checks the password and opens a new session, returning its token.
-// A new token is minted on every login, so a token planted before login
-// (session fixation) is worthless.
-func (s *Service) Login(ctx context.Context, in LoginInput) (string, Session, error) {
+// LoginResult is either a session (login 2FA off) or a challenge to answer
+// with the second factor.
+type LoginResult struct {
+	Token       string
+	Session     Session
+	ChallengeID string
+	Channel     string
+}
+
+// Login checks the password. With login 2FA on (the default), or after a
+// password change, it answers with a challenge and sends the code;
+// otherwise it opens a new session. A new token is minted on every login,
+// so a token planted before login (session fixation) is worthless.
+//
+// Guessing is limited per account and per client address (tenants/guard);
+// a refused attempt is not even checked.
+func (s *Service) Login(ctx context.Context, in LoginInput) (LoginResult, error) {
 	email, ok := NormalizeEmail(in.Email)
 	if !ok || in.Password == "" || len(in.Password) > 4*MaxPasswordLen {
-		return "", Session{}, errBadCredentials
+		return LoginResult{}, errBadCredentials
+	}
+	byAddress, err := s.guard.Begin(ctx, guard.LoginAddress, guard.ClientKey(tenants.ClientIP(ctx)))
+	if err != nil {
+		return LoginResult{}, err
 	}
 	cs, err := s.candidates(ctx, email)
 	if err != nil {
-		return "", Session{}, err
+		return LoginResult{}, err
 	}
 	tried := false
 	for _, c := range cs {
@@ -251,32 +317,54 @@ func (s *Service) Login(ctx context.Context, in LoginInput) (string, Session, er
 			continue
 		}
 		tried = true
+		byAccount, err := s.guard.Begin(ctx, guard.LoginAccount, c.TenantID.String()+":"+c.UserID.String())
+		if err != nil {
+			return LoginResult{}, err
+		}
 		// The hash is checked outside any transaction: a slow argon2 run
 		// must not hold a pooled connection.
 		match, err := s.hasher.Verify(ctx, *u.PasswordHash, in.Password)
 		if err != nil {
-			return "", Session{}, err
+			return LoginResult{}, err
 		}
 		if !match {
+			if err := byAccount.Failed(ctx); err != nil {
+				return LoginResult{}, err
+			}
+			s.auditAs(ctx, c.TenantID, "user:"+u.ID.String(), "login.failed", "user:"+u.ID.String(), map[string]string{"step": "password"})
 			continue
 		}
-		var tok string
-		var sess Session
+		if err := byAccount.Succeeded(ctx); err != nil {
+			return LoginResult{}, err
+		}
+		if err := byAddress.Succeeded(ctx); err != nil {
+			return LoginResult{}, err
+		}
+		var res LoginResult
 		err = s.scope.Do(ctx, c.TenantID, func(ctx context.Context) error {
-			tok, sess, err = s.startSession(ctx, u, in.UserAgent)
-			if err != nil {
+			if u.Login2FA || u.Force2FA {
+				res.ChallengeID, res.Channel, err = s.startChallenge(ctx, u, in.UserAgent)
+				if err != nil {
+					return err
+				}
+				return audit.Record(ctx, "user:"+u.ID.String(), "login.challenged", "user:"+u.ID.String(), map[string]string{"channel": res.Channel})
+			}
+			if res.Token, res.Session, err = s.startSession(ctx, u, in.UserAgent); err != nil {
 				return err
 			}
-			return audit.Record(ctx, "user:"+u.ID.String(), "session.started", "session:"+sess.ID.String(), nil)
+			return audit.Record(ctx, "user:"+u.ID.String(), "login.succeeded", "session:"+res.Session.ID.String(), map[string]string{"second_factor": "none"})
 		})
-		return tok, sess, err
+		return res, err
 	}
 	if !tried {
 		if _, err := s.hasher.Verify(ctx, s.dummyHash, in.Password); err != nil {
-			return "", Session{}, err
+			return LoginResult{}, err
 		}
 	}
-	return "", Session{}, errBadCredentials
+	if err := byAddress.Failed(ctx); err != nil {
+		return LoginResult{}, err
+	}
+	return LoginResult{}, errBadCredentials
 }
 
 func (s *Service) startSession(ctx context.Context, u User, userAgent string) (string, Session, error) {
@@ -444,13 +532,13 @@ func (s *Service) setPassword(ctx context.Context, u User, pw string, keepSessio
 		return err
 	}
 	now := s.now()
-	if err := tx.Model(&u).Updates(map[string]any{"password_hash": hash, "password_changed_at": now, "updated_at": now}).Error; err != nil {
+	if err := tx.Model(&u).Updates(map[string]any{"password_hash": hash, "password_changed_at": now, "updated_at": now, "force_2fa": true}).Error; err != nil {
 		return fmt.Errorf("accounts: set password: %w", err)
 	}
 	if err := s.endSessions(ctx, u.ID, keepSession); err != nil {
 		return err
 	}
-	_, err = s.msgs.Add(ctx, outbox.Message{Kind: "password_changed", Channel: outbox.Email, Recipient: u.Email, Data: map[string]string{"name": u.Name}})
+	_, err = s.msgs.Add(ctx, outbox.Message{Kind: "password_changed", Channel: outbox.Email, Recipient: u.Email, Data: map[string]string{"name": u.Name}, Language: u.language()})
 	return err
 }
 
@@ -551,6 +639,10 @@ func (s *Service) ResetPassword(ctx context.Context, tok, next string) error {
 		if err := s.setPassword(ctx, u, next, uuid.Nil); err != nil {
 			return err
 		}
+		// The reset flow is what ends a run of failed sign-ins.
+		if err := s.guard.Reset(ctx, guard.LoginAccount, u.TenantID.String()+":"+u.ID.String()); err != nil {
+			return err
+		}
 		return audit.Record(ctx, "user:"+u.ID.String(), "user.password_reset", "user:"+u.ID.String(), map[string]string{"purpose": r.Purpose})
 	})
 }
@@ -562,3 +654,5 @@ func (s *Service) EmailKnown(ctx context.Context, email string) (bool, error) {
 	cs, err := s.candidates(ctx, strings.ToLower(email))
 	return len(cs) > 0, err
 }
+
+func gormExpr(sql string) clause.Expr { return gorm.Expr(sql) }

@@ -62,12 +62,155 @@ func (h *Handlers) Login(c *fiber.Ctx) error {
 		return err
 	}
 	in.UserAgent = c.Get(fiber.HeaderUserAgent)
-	tok, sess, err := h.svc.Login(c.UserContext(), in)
+	res, err := h.svc.Login(c.UserContext(), in)
 	if err != nil {
 		return err
 	}
+	if res.ChallengeID != "" {
+		return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"challenge_id": res.ChallengeID, "channel": res.Channel})
+	}
+	return h.signedIn(c, res.Token, res.Session)
+}
+
+func (h *Handlers) signedIn(c *fiber.Ctx, tok string, sess Session) error {
 	c.Cookie(&fiber.Cookie{Name: CookieName, Value: tok, Path: "/", Expires: sess.ExpiresAt, HTTPOnly: true, Secure: h.secureCookie, SameSite: fiber.CookieSameSiteLaxMode})
 	return c.JSON(fiber.Map{"token": tok, "expires_at": sess.ExpiresAt.UTC()})
+}
+
+// VerifyLogin handles POST /auth/login/verify.
+func (h *Handlers) VerifyLogin(c *fiber.Ctx) error {
+	var in VerifyInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	in.UserAgent = c.Get(fiber.HeaderUserAgent)
+	tok, sess, err := h.svc.VerifyLogin(c.UserContext(), in)
+	if err != nil {
+		return err
+	}
+	return h.signedIn(c, tok, sess)
+}
+
+type resendInput struct {
+	ChallengeID string `json:"challenge_id"`
+}
+
+// ResendCode handles POST /auth/login/resend.
+func (h *Handlers) ResendCode(c *fiber.Ctx) error {
+	var in resendInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	if err := h.svc.ResendCode(c.UserContext(), in.ChallengeID); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusAccepted)
+}
+
+// GetMySecurity handles GET /me/security.
+func (h *Handlers) GetMySecurity(c *fiber.Ctx) error {
+	v, err := h.svc.MySecurityOf(c.UserContext())
+	if err != nil {
+		return err
+	}
+	return c.JSON(v)
+}
+
+// PutMySecurity handles PUT /me/security.
+func (h *Handlers) PutMySecurity(c *fiber.Ctx) error {
+	var in SecurityInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	v, err := h.svc.UpdateMySecurity(c.UserContext(), in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(v)
+}
+
+type passwordOnly struct {
+	CurrentPassword string `json:"current_password"`
+}
+
+// StartTOTP handles POST /me/totp.
+func (h *Handlers) StartTOTP(c *fiber.Ctx) error {
+	var in passwordOnly
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	e, err := h.svc.StartTOTP(c.UserContext(), in.CurrentPassword)
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(e)
+}
+
+type codeOnly struct {
+	Code string `json:"code"`
+}
+
+// ConfirmTOTP handles POST /me/totp/confirm.
+func (h *Handlers) ConfirmTOTP(c *fiber.Ctx) error {
+	var in codeOnly
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	codes, err := h.svc.ConfirmTOTP(c.UserContext(), in.Code)
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"recovery_codes": codes})
+}
+
+// DisableTOTP handles DELETE /me/totp.
+func (h *Handlers) DisableTOTP(c *fiber.Ctx) error {
+	var in passwordOnly
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	if err := h.svc.DisableTOTP(c.UserContext(), in.CurrentPassword); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+type pinInput struct {
+	PIN string `json:"pin"`
+}
+
+// SetPIN handles PUT /me/pin.
+func (h *Handlers) SetPIN(c *fiber.Ctx) error {
+	var in pinInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	if err := h.svc.SetPIN(c.UserContext(), in.PIN); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// GetPolicy handles GET /security.
+func (h *Handlers) GetPolicy(c *fiber.Ctx) error {
+	v, err := h.svc.GetPolicy(c.UserContext())
+	if err != nil {
+		return err
+	}
+	return c.JSON(v)
+}
+
+// PutPolicy handles PUT /security.
+func (h *Handlers) PutPolicy(c *fiber.Ctx) error {
+	var in PolicyInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	v, err := h.svc.SetPolicy(c.UserContext(), in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(v)
 }
 
 // Logout handles POST /auth/logout.

@@ -22,6 +22,8 @@ const (
 	kindSession tokenKind = "krs"
 	kindAPIKey  tokenKind = "kra"
 	kindReset   tokenKind = "krr"
+	// kindChallenge names a login attempt waiting for its second factor.
+	kindChallenge tokenKind = "krc"
 )
 
 const tokenSecretLen = 32

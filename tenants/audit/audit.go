@@ -22,6 +22,7 @@ type Event struct {
 	Action    string          `json:"action"`
 	Target    string          `json:"target"`
 	Details   json.RawMessage `gorm:"type:jsonb" json:"details"`
+	ClientIP  string          `json:"client_ip"`
 	CreatedAt time.Time       `json:"created_at"`
 }
 
@@ -45,22 +46,47 @@ func Record(ctx context.Context, actor, action, target string, details map[strin
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
-	ev := Event{TenantID: tenantID, ID: id, Actor: actor, Action: action, Target: target, Details: raw, CreatedAt: time.Now()}
+	ev := Event{TenantID: tenantID, ID: id, Actor: actor, Action: action, Target: target, Details: raw, ClientIP: tenants.ClientIP(ctx), CreatedAt: time.Now()}
 	if err := tx.Create(&ev).Error; err != nil {
 		return fmt.Errorf("audit: record %s: %w", action, err)
 	}
 	return nil
 }
 
+// Filter selects audit entries.
+type Filter struct {
+	Actor  string
+	Action string
+	Since  time.Time
+	After  uuid.UUID
+	Limit  int
+}
+
 // List returns ctx's tenant's entries, newest first.
-func List(ctx context.Context, limit int) ([]Event, error) {
+func List(ctx context.Context, f Filter) ([]Event, error) {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return nil, err
 	}
+	q := tx.Order("id DESC").Limit(f.Limit)
+	if f.Actor != "" {
+		q = q.Where("actor = ?", f.Actor)
+	}
+	if f.Action != "" {
+		q = q.Where("action = ?", f.Action)
+	}
+	if !f.Since.IsZero() {
+		q = q.Where("created_at >= ?", f.Since)
+	}
+	if f.After != uuid.Nil {
+		q = q.Where("id < ?", f.After)
+	}
 	var evs []Event
-	if err := tx.Order("created_at DESC, id DESC").Limit(limit).Find(&evs).Error; err != nil {
+	if err := q.Find(&evs).Error; err != nil {
 		return nil, fmt.Errorf("audit: list: %w", err)
+	}
+	for i := range evs {
+		evs[i].CreatedAt = evs[i].CreatedAt.UTC()
 	}
 	return evs, nil
 }

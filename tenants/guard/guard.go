@@ -1,0 +1,438 @@
+package guard
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/ulule/limiter/v3"
+	redisstore "github.com/ulule/limiter/v3/drivers/store/redis"
+
+	"github.com/keyrelay/keyrelay/tenants"
+)
+
+// Rule is one brute-force counter: Free failures back to back, then one
+// attempt at a time with a delay that starts at BaseDelay and doubles up to
+// MaxDelay, and never more than Hard failures per Window.
+type Rule struct {
+	Name      string        // e.g. "login-account"; part of the Redis key: letters, digits, '-', '_', '.'
+	Free      int           // failures allowed before delays start (3)
+	BaseDelay time.Duration // first delay after the free failures (30s), doubling…
+	MaxDelay  time.Duration // …up to this (1h)
+	Hard      int           // at most this many failures per Window; then refused until the window ends (or Reset)
+	Window    time.Duration // the failure counter's fixed window, from its first counted attempt
+
+	// KeepOnSuccess makes a success end only its own attempt (it is not
+	// counted, and the lock it held is released) instead of resetting the
+	// counter. Use it where the subject is shared and one party's success
+	// must not wipe the failures of another: a client address (an attacker
+	// who signs in to an account of their own would otherwise clear the
+	// address after every few guesses), a box, a phone's daily budget.
+	KeepOnSuccess bool
+}
+
+// Delay is the lockout that the n-th failure in a window earns: none for
+// the first Free failures, then BaseDelay, doubling, capped at MaxDelay.
+func (r Rule) Delay(n int) time.Duration {
+	if n <= r.Free {
+		return 0
+	}
+	d := r.BaseDelay
+	for i := r.Free + 1; i < n && d < r.MaxDelay; i++ {
+		d *= 2
+	}
+	return min(d, r.MaxDelay)
+}
+
+func (r Rule) validate() error {
+	switch {
+	case !validName(r.Name):
+		return fmt.Errorf("guard: rule name %q: want letters, digits, '-', '_' or '.'", r.Name)
+	case r.Free < 0 || r.Hard < 1 || r.Window < time.Millisecond:
+		return fmt.Errorf("guard: rule %s: want Free >= 0, Hard >= 1, Window >= 1ms", r.Name)
+	case r.Free < r.Hard && (r.BaseDelay < time.Millisecond || r.MaxDelay < r.BaseDelay):
+		return fmt.Errorf("guard: rule %s: want BaseDelay >= 1ms and MaxDelay >= BaseDelay", r.Name)
+	}
+	return nil
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// ErrHardLimit is the cause (errors.Is) of a refusal because the rule's Hard
+// limit is used up for the current window, as opposed to a delay: the caller
+// may tell the user to use the reset flow, or alert the owner. Under a burst
+// of parallel attempts the count can stand over Hard for a moment (attempts
+// are counted before they are refused and taken back), so this is also a
+// sign of an attack in progress; a lasting change (disabling a PIN, locking
+// a booking) belongs in the domain's own records, decided on its own count.
+var ErrHardLimit = errors.New("guard: hard limit reached")
+
+// Guard counts attempts and failures in Redis. It is safe for concurrent use
+// and shared by every replica through Redis.
+type Guard struct {
+	rdb    *redis.Client
+	prefix string
+
+	store atomic.Value // limiter.Store, once the Lua scripts are loaded
+	mu    sync.Mutex   // one store construction at a time
+}
+
+// New returns a guard whose Redis keys start with prefix (e.g.
+// "keyrelay:guard"). It builds the ulule/limiter Redis store; when Redis is
+// unreachable it still returns the guard, which fails closed (EUnavailable)
+// and builds the store on first use once Redis is back, so an application
+// can start and serve plain reads while Redis is down.
+func New(rdb *redis.Client, prefix string) (*Guard, error) {
+	if rdb == nil {
+		return nil, errors.New("guard: nil redis client")
+	}
+	if prefix == "" || strings.ContainsAny(prefix, "{} \t\n") {
+		return nil, fmt.Errorf("guard: prefix %q: want non-empty, no braces or spaces", prefix)
+	}
+	g := &Guard{rdb: rdb, prefix: prefix}
+	_, _ = g.limiterStore() // best effort; see above
+	return g, nil
+}
+
+// limiterStore returns the ulule store, building it if needed. Concurrent
+// callers do not queue behind a slow connection attempt: they fail at once.
+func (g *Guard) limiterStore() (limiter.Store, error) {
+	if s, ok := g.store.Load().(limiter.Store); ok {
+		return s, nil
+	}
+	if !g.mu.TryLock() {
+		return nil, errors.New("guard: connecting to redis")
+	}
+	defer g.mu.Unlock()
+	if s, ok := g.store.Load().(limiter.Store); ok {
+		return s, nil
+	}
+	s, err := redisstore.NewStoreWithOptions(g.rdb, limiter.StoreOptions{Prefix: g.prefix})
+	if err != nil {
+		return nil, err
+	}
+	g.store.Store(s)
+	return s, nil
+}
+
+func (g *Guard) limiter(r limiter.Rate) (*limiter.Limiter, error) {
+	s, err := g.limiterStore()
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return limiter.New(s, r), nil
+}
+
+// keys names a subject's Redis keys. The subject is hashed so that phone
+// numbers and email addresses never appear in key names (SCAN, MONITOR,
+// slow log, metrics). The hash is not a secret: a phone number can be found
+// from its hash by enumeration, so Redis holds personal data all the same.
+// The {…} hash tag keeps a subject's counter and lock in one cluster slot,
+// as the Lua scripts need.
+type keys struct {
+	counter string // the ulule/limiter key, relative to the store prefix
+	lock    string // absolute
+	full    string // the counter's absolute key, for the Lua scripts
+}
+
+func (g *Guard) keysFor(kind, name, key string) keys {
+	sum := sha256.Sum256([]byte(key))
+	tag := "{" + name + ":" + hex.EncodeToString(sum[:16]) + "}"
+	k := keys{counter: kind + ":" + tag, lock: g.prefix + ":lock:" + tag}
+	k.full = g.prefix + ":" + k.counter // as ulule's store names it
+	return k
+}
+
+func unavailable(err error) error {
+	return &tenants.Error{Code: tenants.EUnavailable, Message: "attempt limits are unavailable; try again shortly", RetryAfter: 5 * time.Second, Err: err}
+}
+
+func refused(msg string, after time.Duration, cause error) error {
+	e := tenants.RateLimited(msg, max(after, time.Millisecond))
+	e.Err = cause
+	return e
+}
+
+func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
+
+// orSecond stands in for a TTL that Redis did not report (a key that
+// expired or was deleted meanwhile): try again in a second.
+func orSecond(d time.Duration) time.Duration {
+	if d <= 0 {
+		return time.Second
+	}
+	return d
+}
+
+const (
+	msgWait = "too many failed attempts; wait and try again"
+	msgHard = "too many failed attempts; this is locked for now"
+)
+
+// The Lua scripts. Each runs atomically in Redis.
+var (
+	// acquire takes the lock (SET NX PX) for an attempt past the free
+	// failures. When another attempt holds it, it takes back this attempt's
+	// increment and answers the lock's remaining TTL. Within one window the
+	// counter then reads more than Free (the free failures plus this
+	// attempt), so the take-back is exact; it is skipped when the counter
+	// reads Free or less — the window ended between the increment and this
+	// script, or KeepOnSuccess successes took theirs back meanwhile — so a
+	// take-back never reopens the free failures and otherwise errs towards
+	// counting. KEYS: lock, counter. ARGV: token, px, Free. Returns 0 when
+	// acquired.
+	acquire = redis.NewScript(`
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+local v = tonumber(redis.call('get', KEYS[2]) or '0')
+if v > tonumber(ARGV[3]) then redis.call('decr', KEYS[2]) end
+local t = redis.call('pttl', KEYS[1])
+if t < 1 then t = tonumber(ARGV[2]) end
+return t`)
+
+	// takeBack takes back the increment of an attempt refused over Hard,
+	// never below Free (see acquire), and answers the counter's remaining
+	// TTL. KEYS: counter. ARGV: Free.
+	takeBack = redis.NewScript(`
+local v = tonumber(redis.call('get', KEYS[1]) or '0')
+if v > tonumber(ARGV[1]) then redis.call('decr', KEYS[1]) end
+return redis.call('pttl', KEYS[1])`)
+
+	// extend makes the lock last at least px from now (a failure never
+	// shortens a lockout). KEYS: lock. ARGV: token, px.
+	extend = redis.NewScript(`
+local t = redis.call('pttl', KEYS[1])
+if t < tonumber(ARGV[2]) then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 0`)
+
+	// release ends a successful attempt under KeepOnSuccess: its increment
+	// is taken back and its lock, if it still holds it, released.
+	// KEYS: counter, lock. ARGV: token (empty when it held no lock).
+	release = redis.NewScript(`
+local v = tonumber(redis.call('get', KEYS[1]) or '0')
+if v > 1 then redis.call('decr', KEYS[1]) elseif v == 1 then redis.call('del', KEYS[1]) end
+if ARGV[1] ~= '' and redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
+return 0`)
+)
+
+// Attempt is one verification that Begin allowed. Call exactly one of
+// Failed or Succeeded once the secret has been checked; an attempt that is
+// abandoned (crash, lost connection) stays counted as a failure and its
+// lock, if any, expires on its own.
+type Attempt struct {
+	g     *Guard
+	rule  Rule
+	keys  keys
+	n     int    // this attempt's number in the window (1-based)
+	token string // set when the attempt holds the lock
+	done  atomic.Bool
+}
+
+// Begin must be called before checking a secret. It refuses with
+// tenants.RateLimited (429, Retry-After) while the subject is locked out or
+// over its Hard limit (the cause is then ErrHardLimit), and with
+// EUnavailable (503) when Redis fails: verification fails closed.
+//
+// Begin counts the attempt up front, so N parallel guesses cannot all pass a
+// check made before any of them has failed; past the Free failures it also
+// takes the lockout key atomically, so only one attempt at a time runs
+// during the delays (see the package doc).
+func (g *Guard) Begin(ctx context.Context, r Rule, key string) (*Attempt, error) {
+	if err := r.validate(); err != nil {
+		return nil, err
+	}
+	lim, err := g.limiter(limiter.Rate{Period: r.Window, Limit: int64(r.Hard)})
+	if err != nil {
+		return nil, err
+	}
+	k := g.keysFor("count", r.Name, key)
+
+	// Read first, without counting: refused while locked (the counter's
+	// window may have ended while a lockout from its last failures still
+	// runs) or when the window's failures are used up.
+	var lock, left *redis.DurationCmd
+	var count *redis.StringCmd
+	_, _ = g.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		lock, count, left = p.PTTL(ctx, k.lock), p.Get(ctx, k.full), p.PTTL(ctx, k.full)
+		return nil
+	})
+	for _, err := range []error{lock.Err(), count.Err(), left.Err()} {
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, unavailable(err)
+		}
+	}
+	if d := lock.Val(); d > 0 || d == -1 { // -1: a lock without expiry does not come from here; honour it
+		if d == -1 {
+			d = r.MaxDelay
+		}
+		return nil, refused(msgWait, d, nil)
+	}
+	if n, _ := count.Int(); n >= r.Hard {
+		return nil, refused(msgHard, orSecond(left.Val()), ErrHardLimit)
+	}
+
+	res, err := lim.Get(ctx, k.counter) // increments
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if res.Reached { // over Hard: only under parallel attempts, as the read above passed
+		left, err := takeBack.Run(ctx, g.rdb, []string{k.full}, min(r.Free, r.Hard)).Int64()
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		return nil, refused(msgHard, orSecond(time.Duration(left)*time.Millisecond), ErrHardLimit)
+	}
+	a := &Attempt{g: g, rule: r, keys: k, n: r.Hard - int(res.Remaining)}
+	if a.n <= r.Free {
+		return a, nil
+	}
+	a.token = rand.Text()
+	wait, err := acquire.Run(ctx, g.rdb, []string{k.lock, k.full}, a.token, ms(r.Delay(a.n)), r.Free).Int64()
+	if err != nil {
+		// The increment stays: counted as a failure, the conservative side.
+		return nil, unavailable(err)
+	}
+	if wait != 0 {
+		return nil, refused(msgWait, time.Duration(wait)*time.Millisecond, nil)
+	}
+	return a, nil
+}
+
+func (a *Attempt) finish() error {
+	if !a.done.CompareAndSwap(false, true) {
+		return errors.New("guard: attempt already finished")
+	}
+	return nil
+}
+
+// Failed records that the secret was wrong. The failure was already counted
+// by Begin; past the free failures Failed sets the lockout this failure
+// earns (never shortening a longer one).
+func (a *Attempt) Failed(ctx context.Context) error {
+	if err := a.finish(); err != nil {
+		return err
+	}
+	d := a.rule.Delay(a.n)
+	if d <= 0 {
+		return nil
+	}
+	if err := extend.Run(ctx, a.g.rdb, []string{a.keys.lock}, a.token, ms(d)).Err(); err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// Succeeded records that the secret was right: it resets the subject's
+// counter and lockout, or, under KeepOnSuccess, only takes back this
+// attempt and releases its lock.
+func (a *Attempt) Succeeded(ctx context.Context) error {
+	if err := a.finish(); err != nil {
+		return err
+	}
+	var err error
+	if a.rule.KeepOnSuccess {
+		err = release.Run(ctx, a.g.rdb, []string{a.keys.full, a.keys.lock}, a.token).Err()
+	} else {
+		err = a.g.rdb.Del(ctx, a.keys.full, a.keys.lock).Err()
+	}
+	if err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// Reset clears a subject's counter and lockout, e.g. after a password reset
+// or when an owner unlocks a booking.
+func (g *Guard) Reset(ctx context.Context, r Rule, key string) error {
+	if err := r.validate(); err != nil {
+		return err
+	}
+	k := g.keysFor("count", r.Name, key)
+	if err := g.rdb.Del(ctx, k.full, k.lock).Err(); err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// Peek reports, without counting, the subject's failures in the current
+// window (attempts in progress included, at most Hard) and how long Begin
+// would refuse it (0 when it would not).
+func (g *Guard) Peek(ctx context.Context, r Rule, key string) (failures int, retryAfter time.Duration, err error) {
+	if err := r.validate(); err != nil {
+		return 0, 0, err
+	}
+	lim, err := g.limiter(limiter.Rate{Period: r.Window, Limit: int64(r.Hard)})
+	if err != nil {
+		return 0, 0, err
+	}
+	k := g.keysFor("count", r.Name, key)
+	res, err := lim.Peek(ctx, k.counter)
+	if err != nil {
+		return 0, 0, unavailable(err)
+	}
+	failures = r.Hard - int(res.Remaining)
+	var lock, window *redis.DurationCmd
+	if _, err := g.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		lock, window = p.PTTL(ctx, k.lock), p.PTTL(ctx, k.full)
+		return nil
+	}); err != nil {
+		return 0, 0, unavailable(err)
+	}
+	retryAfter = max(lock.Val(), 0)
+	if lock.Val() == -1 { // as Begin
+		retryAfter = r.MaxDelay
+	}
+	if failures >= r.Hard {
+		retryAfter = max(retryAfter, window.Val())
+	}
+	return failures, retryAfter, nil
+}
+
+// Spend counts one use of a budget that is not about failures — SMS
+// sending: SMSPerPhoneHour, SMSPerPhoneDay, a tenant's daily budget — and
+// refuses with tenants.RateLimited once more than limit uses fall in the
+// fixed window. Refused uses count too (harmless: the window never
+// extends). With several budgets for one message, a refusal by a later one
+// leaves the earlier ones spent: the conservative side.
+func (g *Guard) Spend(ctx context.Context, name string, limit int64, window time.Duration, key string) error {
+	if !validName(name) || limit < 1 || window < time.Millisecond {
+		return fmt.Errorf("guard: budget %q: want a valid name, limit >= 1, window >= 1ms", name)
+	}
+	lim, err := g.limiter(limiter.Rate{Period: window, Limit: limit})
+	if err != nil {
+		return err
+	}
+	k := g.keysFor("spend", name, key)
+	res, err := lim.Get(ctx, k.counter)
+	if err != nil {
+		return unavailable(err)
+	}
+	if !res.Reached {
+		return nil
+	}
+	left, err := g.rdb.PTTL(ctx, k.full).Result()
+	if err != nil {
+		return unavailable(err)
+	}
+	if left <= 0 {
+		left = time.Until(time.Unix(res.Reset+1, 0))
+	}
+	return refused("sending limit reached; try again later", left, nil)
+}
