@@ -106,9 +106,12 @@ func (a *App) runWorkers(ctx context.Context) error {
 		// system's: it should not count against the queue's error rate.
 		IsFailure:         func(err error) bool { return !errors.Is(err, sdk.ErrPermanent) },
 		TaskCheckInterval: 20 * time.Millisecond, // asynq's 1 s default would add up to a second to every login code
-		ShutdownTimeout:   20 * time.Second,
-		Logger:            asynqLogger{a.log.With("component", "asynq")},
-		LogLevel:          asynq.WarnLevel,
+		// Scheduled messages (reminders) move to their queue within a second
+		// of their time, not asynq's default five.
+		DelayedTaskCheckInterval: time.Second,
+		ShutdownTimeout:          20 * time.Second,
+		Logger:                   asynqLogger{a.log.With("component", "asynq")},
+		LogLevel:                 asynq.WarnLevel,
 	})
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("workers: %w", err)

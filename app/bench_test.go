@@ -149,6 +149,9 @@ func BenchmarkDelivery(b *testing.B) {
 // stamps each message as it receives it (the dev mailbox's created_at).
 //
 //	go test -run x -bench CodeLatency -benchtime 300x ./app/
+//
+// Keep -benchtime in the hundreds: reading each code back from the dev
+// mailbox scans its whole file.
 func BenchmarkCodeLatency(b *testing.B) {
 	s := startServer(b, withWorkers)
 	f := s.signup(b)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +31,7 @@ type mailboxEntry struct {
 
 func (s *server) mailbox(t testing.TB, to string) []mailboxEntry {
 	t.Helper()
-	r := s.client().expect(t, 200, "GET", "/dev/mailbox?to="+to, nil, "Accept", "application/json")
+	r := s.client().expect(t, 200, "GET", "/dev/mailbox?to="+url.QueryEscape(to), nil, "Accept", "application/json")
 	var raw []struct {
 		ID       string `json:"id"`
 		TenantID string `json:"tenant_id"`

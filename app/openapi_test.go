@@ -189,18 +189,21 @@ func TestOpenAPIDocumentIsValid(t *testing.T) {
 	// The other schemas written straight from a Go type carry its fields.
 	fallback, _ := reflect.TypeOf(providers.View{}).FieldByName("Fallback")
 	for name, typ := range map[string]reflect.Type{
-		"Message":                 reflect.TypeOf(outbox.MessageView{}),
-		"ProviderRoute":           reflect.TypeOf(providers.View{}),
-		"ProviderRouteInput":      reflect.TypeOf(providers.RouteInput{}),
-		"ProviderChoiceInput":     reflect.TypeOf(providers.ChoiceInput{}),
-		"DevMailboxMessage":       reflect.TypeOf(devMailboxEntry{}),
-		"VerifyLoginRequest":      reflect.TypeOf(accounts.VerifyInput{}),
-		"MySecurity":              reflect.TypeOf(accounts.MySecurity{}),
-		"UpdateMySecurityRequest": reflect.TypeOf(accounts.SecurityInput{}),
-		"TOTPEnrolment":           reflect.TypeOf(accounts.TOTPEnrolment{}),
-		"SecurityPolicy":          reflect.TypeOf(accounts.PolicyView{}),
-		"SecurityPolicyUpdate":    reflect.TypeOf(accounts.PolicyInput{}),
-		"AuditEvent":              reflect.TypeOf(audit.Event{}),
+		"Message":                    reflect.TypeOf(outbox.MessageView{}),
+		"NotificationSettings":       reflect.TypeOf(outbox.Settings{}),
+		"NotificationSettingsUpdate": reflect.TypeOf(outbox.Settings{}),
+		"QuietHours":                 reflect.TypeOf(outbox.QuietHours{}),
+		"ProviderRoute":              reflect.TypeOf(providers.View{}),
+		"ProviderRouteInput":         reflect.TypeOf(providers.RouteInput{}),
+		"ProviderChoiceInput":        reflect.TypeOf(providers.ChoiceInput{}),
+		"DevMailboxMessage":          reflect.TypeOf(devMailboxEntry{}),
+		"VerifyLoginRequest":         reflect.TypeOf(accounts.VerifyInput{}),
+		"MySecurity":                 reflect.TypeOf(accounts.MySecurity{}),
+		"UpdateMySecurityRequest":    reflect.TypeOf(accounts.SecurityInput{}),
+		"TOTPEnrolment":              reflect.TypeOf(accounts.TOTPEnrolment{}),
+		"SecurityPolicy":             reflect.TypeOf(accounts.PolicyView{}),
+		"SecurityPolicyUpdate":       reflect.TypeOf(accounts.PolicyInput{}),
+		"AuditEvent":                 reflect.TypeOf(audit.Event{}),
 	} {
 		s := doc.Components.Schemas[name]
 		if s == nil {
@@ -594,7 +597,13 @@ var totpOpts = totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: o
 // totpCode is the authenticator app's current code for secret.
 func totpCode(t testing.TB, secret string) string {
 	t.Helper()
-	code, err := totp.GenerateCodeCustom(secret, time.Now(), totpOpts)
+	return totpCodeAt(t, secret, time.Now())
+}
+
+// totpCodeAt is the code the authenticator app shows at the time at.
+func totpCodeAt(t testing.TB, secret string, at time.Time) string {
+	t.Helper()
+	code, err := totp.GenerateCodeCustom(secret, at, totpOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -756,7 +765,9 @@ func TestOpenAPIDescribesResponses(t *testing.T) {
 	sc.call(anon, 200, true, "POST", verifyPath, map[string]any{"challenge_id": byApp["challenge_id"], "recovery_code": strings.ToUpper(recovery[0].(string))})
 	byApp = sc.call(anon, 202, true, "POST", "/api/v1/auth/login", credentials).JSON(t)
 	sc.call(anon, 401, true, "POST", verifyPath, map[string]any{"challenge_id": byApp["challenge_id"], "recovery_code": recovery[0]})
-	sc.call(anon, 200, true, "POST", verifyPath, map[string]any{"challenge_id": byApp["challenge_id"], "code": totpCode(t, secret)})
+	// Each step's code works once (the confirmation used this one): the
+	// app's next code is still within the accepted window.
+	sc.call(anon, 200, true, "POST", verifyPath, map[string]any{"challenge_id": byApp["challenge_id"], "code": totpCodeAt(t, secret, time.Now().Add(30*time.Second))})
 	sc.call(owner, 403, true, "DELETE", totpPath, wrongPassword)
 	sc.call(owner, 400, false, "DELETE", totpPath, nil)
 	sc.call(owner, 204, true, "DELETE", totpPath, rightPassword)
@@ -844,8 +855,39 @@ func TestOpenAPIDescribesResponses(t *testing.T) {
 	}
 	sc.call(owner, 422, false, "GET", "/api/v1/messages?channel=fax", nil)
 	sc.call(owner, 422, false, "GET", "/api/v1/messages?cursor=nope", nil)
+	sc.call(owner, 200, true, "GET", "/api/v1/messages?status=canceled", nil)
 	sc.call(integ, 403, true, "GET", "/api/v1/messages", nil)
 	sc.call(anon, 401, true, "GET", "/api/v1/messages", nil)
+
+	// Notification settings: a whole replacement, audited.
+	const settingsPath = "/api/v1/notification-settings"
+	if m := sc.call(owner, 200, true, "GET", settingsPath, nil).JSON(t); m["default_language"] != "en" || m["quiet_hours"] != nil {
+		t.Errorf("a new tenant's notification settings: %v", m)
+	}
+	quiet := map[string]any{"default_language": "fr", "quiet_hours": map[string]any{"start": "22:00", "end": "7:30"}}
+	if m := sc.call(owner, 200, true, "PUT", settingsPath, quiet).JSON(t); m["default_language"] != "fr" || !reflect.DeepEqual(m["quiet_hours"], map[string]any{"start": "22:00", "end": "07:30"}) {
+		t.Errorf("notification settings after PUT: %v", m)
+	}
+	if e := sc.call(owner, 200, true, "GET", auditPath+"?limit=1", nil).JSON(t)["items"].([]any)[0].(map[string]any); e["action"] != "notifications.settings_changed" || e["target"] != "tenant:"+first.JSON(t)["tenant_id"].(string) {
+		t.Errorf("the newest audit entry is not the settings change: %v", e)
+	}
+	badClock := map[string]any{"default_language": "en", "quiet_hours": map[string]any{"start": "25:00", "end": "08:00"}}
+	if f := fieldErrors(t, sc.call(owner, 422, false, "PUT", settingsPath, badClock)); !slices.Equal(f, []string{"quiet_hours.start"}) {
+		t.Errorf("a bad clock: errors on %v, want [quiet_hours.start]", f)
+	}
+	if f := fieldErrors(t, sc.call(owner, 422, false, "PUT", settingsPath, map[string]any{"default_language": "de", "quiet_hours": nil})); !slices.Equal(f, []string{"default_language"}) {
+		t.Errorf("a bad language: errors on %v, want [default_language]", f)
+	}
+	sc.call(owner, 400, false, "PUT", settingsPath, map[string]any{"default_language": "en", "quiet_hours": map[string]any{"start": "22:00", "end": "08:00", "zone": "UTC"}})
+	if m := sc.call(owner, 200, true, "GET", settingsPath, nil).JSON(t); m["default_language"] != "fr" || m["quiet_hours"] == nil {
+		t.Errorf("a refused PUT changed the notification settings: %v", m)
+	}
+	sc.call(integ, 403, true, "GET", settingsPath, nil)
+	sc.call(integ, 403, true, "PUT", settingsPath, map[string]any{"default_language": "en"})
+	sc.call(anon, 401, true, "GET", settingsPath, nil)
+	if m := sc.call(owner, 200, true, "PUT", settingsPath, map[string]any{"default_language": "en"}).JSON(t); m["default_language"] != "en" || m["quiet_hours"] != nil {
+		t.Errorf("notification settings after removing quiet hours: %v", m)
+	}
 
 	// Providers.
 	routeOf := func(a answer, channel string) map[string]any {

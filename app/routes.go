@@ -77,6 +77,8 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	// Notifications
 	prov := providers.NewHandlers(a.providers)
 	v1.Get("/messages", auth, admin, a.outbox.ListHandler)
+	v1.Get("/notification-settings", auth, admin, a.outbox.GetSettings)
+	v1.Put("/notification-settings", auth, admin, a.outbox.PutSettings)
 	v1.Get("/providers", auth, admin, prov.Get)
 	v1.Put("/providers", auth, admin, prov.Put)
 	app.Post("/hooks/providers/:name", a.providerReceipt)

@@ -149,8 +149,14 @@ func TestLoginWithAuthenticatorApp(t *testing.T) {
 		if channel != "totp" {
 			t.Fatalf("channel %q, want totp", channel)
 		}
-		code, _ := totp.GenerateCode(secret, time.Now())
+		// The confirmation used this 30-second step's code; a code is good
+		// once, so sign in with the next step's (within the allowed skew).
+		code, _ := totp.GenerateCode(secret, time.Now().Add(30*time.Second))
 		c.expect(t, 200, "POST", "/api/v1/auth/login/verify", map[string]any{"challenge_id": ch, "code": code})
+		t.Run("ErrReplayed", func(t *testing.T) {
+			ch, _ := s.challenge(t, s.client(), f.Email, f.Password)
+			problemOf(t, s.client().do(t, "POST", "/api/v1/auth/login/verify", map[string]any{"challenge_id": ch, "code": code}), 401)
+		})
 	})
 	t.Run("OKRecoveryCodeOnce", func(t *testing.T) {
 		rc := codes[0].(string)

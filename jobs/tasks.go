@@ -23,6 +23,18 @@ var Queues = map[string]int{"critical": 6, "default": 3, "low": 1}
 type Deliver struct {
 	TenantID  uuid.UUID `json:"tenant_id"`
 	MessageID uuid.UUID `json:"message_id"`
+	// Rev is the message's schedule revision when it was queued: a message
+	// moved since then has a higher one, and this task is stale.
+	Rev int `json:"rev,omitempty"`
+}
+
+// TaskID names the task of one revision of a message, so the queue refuses
+// a duplicate of it but takes the task of a moved message.
+func (d Deliver) TaskID() string {
+	if d.Rev == 0 {
+		return d.MessageID.String()
+	}
+	return fmt.Sprintf("%s:%d", d.MessageID, d.Rev)
 }
 
 // Encode returns the task payload.

@@ -67,8 +67,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if !found {
 		return fmt.Errorf("delivery: message %s is gone: %w", d.MessageID, asynq.SkipRetry)
 	}
-	if row.Status != outbox.Queued {
-		// Already sent or failed for good: a duplicate task must not send twice.
+	if row.Status != outbox.Queued || row.ScheduleRev != d.Rev {
+		// Already sent, failed for good or cancelled, or moved to another
+		// time (a newer task carries it): a duplicate must not send twice.
 		return nil
 	}
 	route, ok := routes[string(row.Channel)]

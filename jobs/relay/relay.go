@@ -161,9 +161,11 @@ func (r *Relay) drain(ctx context.Context) (int, error) {
 }
 
 type pending struct {
-	TenantID uuid.UUID
-	ID       uuid.UUID
-	Priority string
+	TenantID    uuid.UUID
+	ID          uuid.UUID
+	Priority    string
+	NotBefore   *time.Time
+	ScheduleRev int
 }
 
 // pass relays one batch in one transaction: lock, enqueue, mark.
@@ -174,7 +176,7 @@ func (r *Relay) pass(ctx context.Context) (int, error) {
 	}
 	defer tx.Rollback()
 	var rows []pending
-	if err := tx.Raw("SELECT tenant_id, id, priority FROM outbox_pending(?)", r.cfg.Batch).Scan(&rows).Error; err != nil {
+	if err := tx.Raw("SELECT tenant_id, id, priority, not_before, schedule_rev FROM outbox_pending(?)", r.cfg.Batch).Scan(&rows).Error; err != nil {
 		return 0, fmt.Errorf("relay: pending: %w", err)
 	}
 	if len(rows) == 0 {
@@ -237,10 +239,19 @@ func (r *Relay) enqueueOne(ctx context.Context, row pending) bool {
 	if _, ok := jobs.Queues[queue]; !ok {
 		queue = "default"
 	}
-	task := asynq.NewTask(jobs.TypeDeliver, jobs.Deliver{TenantID: row.TenantID, MessageID: row.ID}.Encode())
-	_, err := r.q.EnqueueContext(ctx, task,
-		asynq.TaskID(row.ID.String()), asynq.Queue(queue), asynq.MaxRetry(r.cfg.MaxRetry),
-		asynq.Retention(r.cfg.Retention), asynq.Timeout(r.cfg.TaskTimeout))
+	d := jobs.Deliver{TenantID: row.TenantID, MessageID: row.ID, Rev: row.ScheduleRev}
+	opts := []asynq.Option{asynq.TaskID(d.TaskID()), asynq.Queue(queue), asynq.MaxRetry(r.cfg.MaxRetry),
+		asynq.Retention(r.cfg.Retention), asynq.Timeout(r.cfg.TaskTimeout)}
+	if row.NotBefore != nil && row.NotBefore.After(time.Now()) {
+		// Held by asynq's scheduled set until then, not by the outbox.
+		// asynq keeps whole seconds: round up, never early.
+		at := row.NotBefore.Truncate(time.Second)
+		if at.Before(*row.NotBefore) {
+			at = at.Add(time.Second)
+		}
+		opts = append(opts, asynq.ProcessAt(at))
+	}
+	_, err := r.q.EnqueueContext(ctx, asynq.NewTask(jobs.TypeDeliver, d.Encode()), opts...)
 	if err == nil || errors.Is(err, asynq.ErrTaskIDConflict) {
 		return true
 	}

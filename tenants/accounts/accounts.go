@@ -49,6 +49,7 @@ type User struct {
 	Force2FA          bool `gorm:"column:force_2fa"`
 	TOTPSecret        []byte
 	TOTPEnabledAt     *time.Time
+	TOTPLastStep      *int64
 	PINHash           []byte `gorm:"column:pin_hash"`
 	PINFailures       int    `gorm:"column:pin_failures"`
 	PINDisabledAt     *time.Time
@@ -56,12 +57,13 @@ type User struct {
 	UpdatedAt         time.Time
 }
 
-// language is the one messages to u are written in.
+// language is the one messages to u are written in; "" lets the outbox
+// use the tenant's default.
 func (u User) language() string {
 	if u.Language != nil {
 		return *u.Language
 	}
-	return "en"
+	return ""
 }
 
 // Session is a signed-in browser or client.
@@ -498,19 +500,9 @@ func (s *Service) endSessions(ctx context.Context, userID, keep uuid.UUID) error
 // ChangePassword replaces the caller's password after checking the current
 // one. The caller's other sessions end; the caller is told by email.
 func (s *Service) ChangePassword(ctx context.Context, current, next string) error {
-	u, err := s.Me(ctx)
+	u, err := s.reauthenticate(ctx, current)
 	if err != nil {
 		return err
-	}
-	if u.PasswordHash == nil {
-		return tenants.Errorf(tenants.EForbidden, "the current password is wrong")
-	}
-	ok, err := s.hasher.Verify(ctx, *u.PasswordHash, current)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return tenants.Errorf(tenants.EForbidden, "the current password is wrong")
 	}
 	if err := CheckPassword("new_password", next); err != nil {
 		return err

@@ -194,6 +194,9 @@ func (s *Service) SetPolicy(ctx context.Context, in PolicyInput) (PolicyView, er
 	if in.VisitorPickups != nil {
 		next.VisitorPickups = *in.VisitorPickups
 	}
+	if next == cur {
+		return policyView(next), nil
+	}
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return PolicyView{}, err

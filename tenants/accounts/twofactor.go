@@ -132,10 +132,13 @@ func (s *Service) sendCode(ctx context.Context, u User, ch *loginChallenge) erro
 	channel := outbox.Email
 	if ch.Channel == "sms" {
 		recipient, channel = *u.Phone, outbox.SMS
-		if err := s.guard.Spend(ctx, "sms-phone-hour", s.cfg.SMSPerPhoneHour, time.Hour, recipient); err != nil {
+		// Per tenant and phone: a stranger who signs up a tenant with
+		// someone's number must not spend that person's budget elsewhere.
+		budgetKey := u.TenantID.String() + "/" + recipient
+		if err := s.guard.Spend(ctx, "sms-phone-hour", s.cfg.SMSPerPhoneHour, time.Hour, budgetKey); err != nil {
 			return err
 		}
-		if err := s.guard.Spend(ctx, "sms-phone-day", s.cfg.SMSPerPhoneDay, 24*time.Hour, recipient); err != nil {
+		if err := s.guard.Spend(ctx, "sms-phone-day", s.cfg.SMSPerPhoneDay, 24*time.Hour, budgetKey); err != nil {
 			return err
 		}
 		if err := s.guard.Spend(ctx, "sms-tenant-day", s.cfg.SMSDailyBudget, 24*time.Hour, u.TenantID.String()); err != nil {
@@ -182,11 +185,39 @@ func (s *Service) VerifyLogin(ctx context.Context, in VerifyInput) (string, Sess
 	if (in.Code == "") == (in.RecoveryCode == "") {
 		return "", Session{}, tenants.Invalid(tenants.FieldError{Field: "code", Message: "give either code or recovery_code"})
 	}
+	// The phone's (or user's) own failure budget first: a refused guess
+	// must not use up one of the challenge's tries.
+	var owner struct{ UserID uuid.UUID }
+	err := s.scope.Do(ctx, tenantID, func(ctx context.Context) error {
+		tx, err := tenants.Tx(ctx)
+		if err != nil {
+			return err
+		}
+		return tx.Model(&loginChallenge{}).Select("user_id").Where("token_hash = ?", hashToken(in.ChallengeID)).Take(&owner).Error
+	})
+	if err != nil {
+		return "", Session{}, errChallengeGone
+	}
+	var u User
+	if err := s.scope.Do(ctx, tenantID, func(ctx context.Context) error {
+		var err error
+		u, err = s.user(ctx, owner.UserID)
+		return err
+	}); err != nil || u.DisabledAt != nil {
+		return "", Session{}, errChallengeGone
+	}
+	subject := u.ID.String()
+	if u.Phone != nil && u.TOTPEnabledAt == nil {
+		subject = *u.Phone
+	}
+	attempt, err := s.guard.Begin(ctx, guard.CodePerPhone, u.TenantID.String()+"/"+subject)
+	if err != nil {
+		return "", Session{}, err
+	}
 	// Count the try before checking it, in its own transaction: parallel
 	// guesses each take one of the 5 tries, and a failed check still counts.
 	var ch loginChallenge
-	var u User
-	err := s.scope.Do(ctx, tenantID, func(ctx context.Context) error {
+	err = s.scope.Do(ctx, tenantID, func(ctx context.Context) error {
 		tx, err := tenants.Tx(ctx)
 		if err != nil {
 			return err
@@ -200,22 +231,15 @@ func (s *Service) VerifyLogin(ctx context.Context, in VerifyInput) (string, Sess
 		if res.RowsAffected == 0 {
 			return errChallengeGone
 		}
-		u, err = s.user(ctx, ch.UserID)
-		return err
+		return nil
 	})
 	if err != nil {
+		attempt.Succeeded(ctx) // not a guess at a code: give the budget back
 		return "", Session{}, err
 	}
 	if ch.Attempts > codeTries {
+		attempt.Succeeded(ctx)
 		return "", Session{}, tenants.RateLimited("too many wrong codes for this sign-in; sign in again", time.Until(ch.ExpiresAt))
-	}
-	subject := u.ID.String()
-	if ch.Channel == "sms" && u.Phone != nil {
-		subject = *u.Phone
-	}
-	attempt, err := s.guard.Begin(ctx, guard.CodePerPhone, u.TenantID.String()+"/"+subject)
-	if err != nil {
-		return "", Session{}, err
 	}
 
 	var tok string
@@ -282,12 +306,7 @@ func (s *Service) checkSecondFactor(ctx context.Context, u User, ch loginChallen
 		return res.RowsAffected == 1, nil
 	}
 	if ch.Channel == "totp" {
-		secret, err := s.totpSecret(u)
-		if err != nil {
-			return false, err
-		}
-		ok, err := totp.ValidateCustom(in.Code, secret, s.now(), totpOpts)
-		return ok && err == nil, nil
+		return s.useTOTP(ctx, u, in.Code)
 	}
 	return ch.CodeHash != nil && hmac.Equal(ch.CodeHash, s.codeHash(ch.ID, in.Code)), nil
 }
@@ -322,6 +341,35 @@ func (s *Service) ResendCode(ctx context.Context, challengeID string) error {
 }
 
 var totpOpts = totp.ValidateOpts{Period: 30, Skew: 1, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1}
+
+// useTOTP accepts a code of the current 30-second step or its neighbours,
+// once: the step is remembered, and a code of that step or an earlier one is
+// refused (RFC 6238 §5.2), so an observed code cannot be replayed.
+func (s *Service) useTOTP(ctx context.Context, u User, code string) (bool, error) {
+	secret, err := s.totpSecret(u)
+	if err != nil {
+		return false, err
+	}
+	now := s.now()
+	for _, skew := range []int64{0, -1, 1} {
+		at := now.Add(time.Duration(skew*30) * time.Second)
+		want, err := totp.GenerateCodeCustom(secret, at, totpOpts)
+		if err != nil || !hmac.Equal([]byte(want), []byte(code)) {
+			continue
+		}
+		step := at.Unix() / 30
+		tx, err := tenants.Tx(ctx)
+		if err != nil {
+			return false, err
+		}
+		res := tx.Model(&User{}).Where("id = ? AND (totp_last_step IS NULL OR totp_last_step < ?)", u.ID, step).Update("totp_last_step", step)
+		if res.Error != nil {
+			return false, fmt.Errorf("accounts: remember TOTP step: %w", res.Error)
+		}
+		return res.RowsAffected == 1, nil
+	}
+	return false, nil
+}
 
 func (s *Service) totpSecret(u User) (string, error) {
 	if u.TOTPSecret == nil {
@@ -392,17 +440,19 @@ func (s *Service) ConfirmTOTP(ctx context.Context, code string) ([]string, error
 	if err != nil {
 		return nil, err
 	}
-	secret, err := s.totpSecret(u)
+	ok, err := s.useTOTP(ctx, u, code)
 	if err != nil {
 		return nil, err
 	}
-	if ok, _ := totp.ValidateCustom(code, secret, s.now(), totpOpts); !ok {
+	if !ok {
 		if err := attempt.Failed(ctx); err != nil {
 			return nil, err
 		}
 		return nil, tenants.Invalid(tenants.FieldError{Field: "code", Message: "is not the current code of the authenticator app"})
 	}
-	attempt.Succeeded(ctx)
+	if err := attempt.Succeeded(ctx); err != nil {
+		return nil, err
+	}
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return nil, err
@@ -450,11 +500,14 @@ func (s *Service) DisableTOTP(ctx context.Context, currentPassword string) error
 	if err != nil {
 		return err
 	}
+	if u.TOTPSecret == nil {
+		return nil // nothing to remove, nothing to tell
+	}
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return err
 	}
-	if err := tx.Model(&u).Updates(map[string]any{"totp_secret": nil, "totp_enabled_at": nil}).Error; err != nil {
+	if err := tx.Model(&u).Updates(map[string]any{"totp_secret": nil, "totp_enabled_at": nil, "totp_last_step": nil}).Error; err != nil {
 		return fmt.Errorf("accounts: disable TOTP: %w", err)
 	}
 	if err := tx.Where("user_id = ?", u.ID).Delete(&recoveryCode{}).Error; err != nil {

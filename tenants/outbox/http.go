@@ -25,6 +25,7 @@ type MessageView struct {
 	CreatedAt         time.Time  `json:"created_at"`
 	SentAt            *time.Time `json:"sent_at"`
 	DeliveredAt       *time.Time `json:"delivered_at"`
+	NotBefore         *time.Time `json:"not_before"` // a scheduled message waits until then
 }
 
 func utc(t *time.Time) *time.Time {
@@ -47,9 +48,9 @@ func (o *Outbox) ListHandler(c *fiber.Ctx) error {
 	f := Filter{Status: Status(c.Query("status")), Channel: Channel(c.Query("channel")), After: page.After, Limit: page.Limit}
 	var v tenants.Validator
 	switch f.Status {
-	case "", Queued, Sent, Delivered, Failed:
+	case "", Queued, Sent, Delivered, Failed, Canceled:
 	default:
-		v.Add("status", "must be queued, sent, delivered or failed")
+		v.Add("status", "must be queued, sent, delivered, failed or canceled")
 	}
 	v.Check(f.Channel == "" || f.Channel == SMS || f.Channel == Email, "channel", "must be sms or email")
 	if err := v.Err(); err != nil {
@@ -63,7 +64,32 @@ func (o *Outbox) ListHandler(c *fiber.Ctx) error {
 	for i, r := range rows {
 		views[i] = MessageView{ID: r.ID, Kind: r.Kind, Channel: r.Channel, To: r.Recipient, Status: r.Status, Reason: r.Reason,
 			Provider: r.Provider, ProviderMessageID: r.ProviderMessageID, Attempts: r.Attempts, CreatedAt: r.CreatedAt.UTC(),
-			SentAt: utc(r.SentAt), DeliveredAt: utc(r.DeliveredAt)}
+			SentAt: utc(r.SentAt), DeliveredAt: utc(r.DeliveredAt), NotBefore: utc(r.NotBefore)}
 	}
 	return c.JSON(web.NewList(views, page.Limit, func(m MessageView) uuid.UUID { return m.ID }))
+}
+
+// GetSettings handles GET /notification-settings.
+func (o *Outbox) GetSettings(c *fiber.Ctx) error {
+	if _, err := tenants.Require(c.UserContext(), tenants.RoleAdmin); err != nil {
+		return err
+	}
+	s, err := o.SettingsOf(c.UserContext())
+	if err != nil {
+		return err
+	}
+	return c.JSON(s)
+}
+
+// PutSettings handles PUT /notification-settings.
+func (o *Outbox) PutSettings(c *fiber.Ctx) error {
+	var in Settings
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	s, err := o.SetSettings(c.UserContext(), in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(s)
 }

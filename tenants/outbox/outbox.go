@@ -43,8 +43,12 @@ type Message struct {
 	Channel   Channel
 	Recipient string
 	Data      map[string]string
-	Language  string   // "en" or "fr"; empty means English
+	Language  string   // "en" or "fr"; empty means the tenant's default
 	Priority  Priority // empty means Normal
+	// NotBefore holds the message until then (reminders); zero sends now.
+	NotBefore time.Time
+	// TimeZone is the recipient's (the box's) IANA zone, for quiet hours.
+	TimeZone string
 }
 
 // Status is where a message is on its way.
@@ -76,6 +80,8 @@ type Row struct {
 	RelayedAt         *time.Time
 	SentAt            *time.Time
 	DeliveredAt       *time.Time
+	NotBefore         *time.Time
+	ScheduleRev       int
 }
 
 // Sealer encrypts payloads bound to their row.
@@ -111,6 +117,9 @@ type record struct {
 	SentAt            *time.Time
 	DeliveredAt       *time.Time
 	UpdatedAt         time.Time
+	NotBefore         *time.Time
+	TimeZone          *string
+	ScheduleRev       int
 }
 
 func (record) TableName() string { return "outbox" }
@@ -133,6 +142,11 @@ func (o *Outbox) Add(ctx context.Context, m Message) (uuid.UUID, error) {
 	if m.Recipient == "" || m.Kind == "" {
 		return uuid.Nil, fmt.Errorf("outbox: message needs a kind and a recipient")
 	}
+	if m.TimeZone != "" {
+		if _, err := time.LoadLocation(m.TimeZone); err != nil {
+			return uuid.Nil, fmt.Errorf("outbox: time zone %q: %w", m.TimeZone, err)
+		}
+	}
 	id, err := uuid.NewV7()
 	if err != nil {
 		return uuid.Nil, err
@@ -145,15 +159,37 @@ func (o *Outbox) Add(ctx context.Context, m Message) (uuid.UUID, error) {
 	if err != nil {
 		return uuid.Nil, fmt.Errorf("outbox: seal: %w", err)
 	}
-	if m.Language != "fr" {
-		m.Language = "en"
-	}
 	if m.Priority == "" {
 		m.Priority = Normal
 	}
 	now := time.Now()
+	var notBefore *time.Time
+	// The tenant's settings matter only for a message without a language
+	// or one that may have to wait out quiet hours; codes skip the query.
+	if m.Language == "" || m.Priority == Low {
+		s, err := o.SettingsOf(ctx)
+		if err != nil {
+			return uuid.Nil, err
+		}
+		if m.Language == "" {
+			m.Language = s.DefaultLanguage
+		}
+		if notBefore, err = schedule(m, s, now); err != nil {
+			return uuid.Nil, err
+		}
+	} else if m.NotBefore.After(now) {
+		notBefore = &m.NotBefore
+	}
+	if m.Language != "fr" {
+		m.Language = "en"
+	}
+	var tz *string
+	if m.TimeZone != "" {
+		tz = &m.TimeZone
+	}
 	rec := record{TenantID: tenantID, ID: id, Kind: m.Kind, Channel: string(m.Channel), Recipient: m.Recipient, Payload: sealed,
-		Language: m.Language, Priority: string(m.Priority), Status: string(Queued), CreatedAt: now, UpdatedAt: now}
+		Language: m.Language, Priority: string(m.Priority), Status: string(Queued), CreatedAt: now, UpdatedAt: now,
+		NotBefore: notBefore, TimeZone: tz}
 	if err := tx.Create(&rec).Error; err != nil {
 		return uuid.Nil, fmt.Errorf("outbox: insert: %w", err)
 	}
@@ -215,7 +251,8 @@ func viewOf(r record) Row {
 	return Row{ID: r.ID, TenantID: r.TenantID, Kind: r.Kind, Channel: Channel(r.Channel), Recipient: r.Recipient,
 		Language: r.Language, Priority: Priority(r.Priority), Status: Status(r.Status), Provider: deref(r.Provider),
 		ProviderMessageID: deref(r.ProviderMessageID), Attempts: r.Attempts, Reason: deref(r.Reason),
-		CreatedAt: r.CreatedAt, RelayedAt: r.RelayedAt, SentAt: r.SentAt, DeliveredAt: r.DeliveredAt}
+		CreatedAt: r.CreatedAt, RelayedAt: r.RelayedAt, SentAt: r.SentAt, DeliveredAt: r.DeliveredAt,
+		NotBefore: r.NotBefore, ScheduleRev: r.ScheduleRev}
 }
 
 func deref(s *string) string {

@@ -1,0 +1,193 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"gorm.io/gorm"
+
+	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/audit"
+)
+
+// Canceled is a scheduled message that was called off before it went out.
+const Canceled Status = "canceled"
+
+// QuietHours is a daily window, in the recipient's local time, during which
+// low-priority messages (reminders) wait. Start after End spans midnight
+// (22:00–08:00). Security codes never wait.
+type QuietHours struct {
+	Start string `json:"start"` // "22:00"
+	End   string `json:"end"`   // "08:00"
+}
+
+func parseClock(s string) (time.Duration, error) {
+	t, err := time.Parse("15:04", s)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute, nil
+}
+
+// After returns t, or the end of the quiet window that t falls in, in loc.
+func (q QuietHours) After(t time.Time, loc *time.Location) (time.Time, error) {
+	start, err := parseClock(q.Start)
+	if err != nil {
+		return t, err
+	}
+	end, err := parseClock(q.End)
+	if err != nil {
+		return t, err
+	}
+	if start == end {
+		return t, nil
+	}
+	lt := t.In(loc)
+	midnight := time.Date(lt.Year(), lt.Month(), lt.Day(), 0, 0, 0, 0, loc)
+	at := func(day int, d time.Duration) time.Time {
+		// Built from the date, not by adding hours, so days of 23 or 25
+		// hours (DST) keep the wall-clock time.
+		y, m, dd := midnight.AddDate(0, 0, day).Date()
+		return time.Date(y, m, dd, int(d/time.Hour), int(d%time.Hour/time.Minute), 0, 0, loc)
+	}
+	since := lt.Sub(midnight)
+	switch {
+	case start < end && since >= start && since < end:
+		return at(0, end), nil
+	case start > end && since >= start:
+		return at(1, end), nil
+	case start > end && since < end:
+		return at(0, end), nil
+	}
+	return t, nil
+}
+
+// Settings are a tenant's notification preferences.
+type Settings struct {
+	DefaultLanguage string      `json:"default_language"`
+	QuietHours      *QuietHours `json:"quiet_hours"`
+}
+
+type tenantRow struct {
+	DefaultLanguage string
+	QuietHoursStart *string
+	QuietHoursEnd   *string
+}
+
+// SettingsOf returns ctx's tenant's settings.
+func (o *Outbox) SettingsOf(ctx context.Context) (Settings, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return Settings{}, err
+	}
+	tenantID, _ := tenants.TenantOf(ctx)
+	var r tenantRow
+	err = tx.Raw("SELECT default_language, to_char(quiet_hours_start, 'HH24:MI') AS quiet_hours_start, to_char(quiet_hours_end, 'HH24:MI') AS quiet_hours_end FROM tenants WHERE tenant_id = ?", tenantID).Scan(&r).Error
+	if err != nil {
+		return Settings{}, fmt.Errorf("outbox: settings: %w", err)
+	}
+	s := Settings{DefaultLanguage: r.DefaultLanguage}
+	if r.QuietHoursStart != nil && r.QuietHoursEnd != nil {
+		s.QuietHours = &QuietHours{Start: *r.QuietHoursStart, End: *r.QuietHoursEnd}
+	}
+	return s, nil
+}
+
+// SetSettings replaces the tenant's settings (owner and admin).
+func (o *Outbox) SetSettings(ctx context.Context, s Settings) (Settings, error) {
+	p, err := tenants.Require(ctx, tenants.RoleAdmin)
+	if err != nil {
+		return Settings{}, err
+	}
+	var v tenants.Validator
+	v.Check(s.DefaultLanguage == "en" || s.DefaultLanguage == "fr", "default_language", "must be en or fr")
+	var start, end any
+	if s.QuietHours != nil {
+		_, e1 := parseClock(s.QuietHours.Start)
+		_, e2 := parseClock(s.QuietHours.End)
+		v.Check(e1 == nil, "quiet_hours.start", "must be a time of day such as 22:00")
+		v.Check(e2 == nil, "quiet_hours.end", "must be a time of day such as 08:00")
+		start, end = s.QuietHours.Start, s.QuietHours.End
+	}
+	if err := v.Err(); err != nil {
+		return Settings{}, err
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return Settings{}, err
+	}
+	if err := tx.Exec("UPDATE tenants SET default_language = ?, quiet_hours_start = ?::time, quiet_hours_end = ?::time WHERE tenant_id = ?", s.DefaultLanguage, start, end, p.TenantID).Error; err != nil {
+		return Settings{}, fmt.Errorf("outbox: set settings: %w", err)
+	}
+	if err := audit.Record(ctx, p.Actor(), "notifications.settings_changed", "tenant:"+p.TenantID.String(), nil); err != nil {
+		return Settings{}, err
+	}
+	return o.SettingsOf(ctx)
+}
+
+// schedule decides when a message may go: its own time, pushed past the
+// tenant's quiet hours for low-priority messages.
+func schedule(m Message, s Settings, now time.Time) (*time.Time, error) {
+	at := now
+	if m.NotBefore.After(now) {
+		at = m.NotBefore
+	}
+	if m.Priority == Low && s.QuietHours != nil {
+		loc := time.UTC
+		if m.TimeZone != "" {
+			var err error
+			if loc, err = time.LoadLocation(m.TimeZone); err != nil {
+				return nil, fmt.Errorf("outbox: time zone %q: %w", m.TimeZone, err)
+			}
+		}
+		var err error
+		if at, err = s.QuietHours.After(at, loc); err != nil {
+			return nil, err
+		}
+	}
+	if !at.After(now) {
+		return nil, nil
+	}
+	return &at, nil
+}
+
+// Reschedule moves a queued message to another time (quiet hours applied
+// again). A task already queued for the old time finds itself stale.
+func (o *Outbox) Reschedule(ctx context.Context, id uuid.UUID, notBefore time.Time) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	var r record
+	if err := tx.Where("id = ? AND status = 'queued'", id).Take(&r).Error; err != nil {
+		if errors.Is(err, gorm.ErrRecordNotFound) {
+			return tenants.Errorf(tenants.EConflict, "the message is not waiting to be sent")
+		}
+		return fmt.Errorf("outbox: reschedule: %w", err)
+	}
+	s, err := o.SettingsOf(ctx)
+	if err != nil {
+		return err
+	}
+	at, err := schedule(Message{Priority: Priority(r.Priority), NotBefore: notBefore, TimeZone: deref(r.TimeZone)}, s, time.Now())
+	if err != nil {
+		return err
+	}
+	// relayed_at NULL hands it to the relay again, under the next revision.
+	return tx.Model(&record{}).Where("id = ?", id).Updates(map[string]any{
+		"not_before": at, "schedule_rev": gorm.Expr("schedule_rev + 1"), "relayed_at": nil, "updated_at": time.Now(),
+	}).Error
+}
+
+// Cancel calls off a queued message; one already sent is left alone.
+func (o *Outbox) Cancel(ctx context.Context, id uuid.UUID) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	return tx.Model(&record{}).Where("id = ? AND status = 'queued'", id).
+		Updates(map[string]any{"status": string(Canceled), "reason": "canceled", "updated_at": time.Now()}).Error
+}
