@@ -4,12 +4,15 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/keyrelay/keyrelay/migrations/dbtest"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
 
@@ -129,10 +132,10 @@ func TestDeliveryOutcomes(t *testing.T) {
 // written: they wait in the outbox and all go out, once each, when Redis is
 // back.
 func TestDeliverySurvivesRedisOutage(t *testing.T) {
-	p := newTCPProxy(t, "127.0.0.1:6379")
-	s := startServer(t, withWorkers, func(c *Config) { c.RedisURL = "redis://" + p.addr() + "/5" })
+	p := dbtest.NewProxy(t, "127.0.0.1:6379")
+	s := startServer(t, withWorkers, func(c *Config) { c.RedisURL = "redis://" + p.Addr() + "/5" })
 	f := s.signup(t)
-	p.setDown(true)
+	p.SetDown(true)
 	var ids []uuid.UUID
 	for i := 0; i < 5; i++ {
 		m := note
@@ -145,11 +148,33 @@ func TestDeliverySurvivesRedisOutage(t *testing.T) {
 			t.Fatalf("status %s while Redis is down", st)
 		}
 	}
-	p.setDown(false)
+	p.SetDown(false)
 	for _, id := range ids {
 		row := s.waitStatus(t, f.ID, id, outbox.Delivered)
 		if got := len(s.mailbox(t, row.Recipient)); got != 1 {
 			t.Fatalf("%s received %d copies", row.Recipient, got)
 		}
+	}
+}
+
+// TestPluginCrashMidSend: the provider's process dies in the middle of a
+// send. The host replaces it, the message is retried, it goes out once, and
+// its status tells the story.
+func TestPluginCrashMidSend(t *testing.T) {
+	s := startServer(t, withWorkers)
+	f := s.signup(t)
+	dir := t.TempDir()
+	f.Owner.expect(t, 200, "PUT", "/api/v1/providers", map[string]any{"email": map[string]any{"provider": "crashonce", "settings": map[string]string{"dir": dir}}})
+	id := s.queueMessage(t, f.ID, note)
+	row := s.waitStatus(t, f.ID, id, outbox.Sent)
+	if row.Attempts != 2 || row.Provider != "crashonce" || row.ProviderMessageID != "crashonce-"+id.String() {
+		t.Fatalf("row = %+v, want sent on the second attempt", row)
+	}
+	sent, err := os.ReadFile(filepath.Join(dir, "sent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(sent) != id.String()+"\n" {
+		t.Fatalf("the provider sent %q, want the message once", sent)
 	}
 }

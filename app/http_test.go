@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/migrations/dbtest"
 )
 
 func TestIdempotencyKey(t *testing.T) {
@@ -105,11 +107,11 @@ func TestHTTPConventions(t *testing.T) {
 }
 
 func TestReadyzReportsRedisDown(t *testing.T) {
-	p := newTCPProxy(t, "127.0.0.1:6379")
-	s := startServer(t, func(c *Config) { c.RedisURL = "redis://" + p.addr() + "/0" })
+	p := dbtest.NewProxy(t, "127.0.0.1:6379")
+	s := startServer(t, func(c *Config) { c.RedisURL = "redis://" + p.Addr() + "/0" })
 	c := s.client()
 	c.expect(t, 200, "GET", "/readyz", nil)
-	p.cut()
+	p.SetDown(true)
 	m := c.do(t, "GET", "/readyz", nil)
 	if m.Status != 503 || !strings.Contains(string(m.Body), `"redis":"unreachable"`) || !strings.Contains(string(m.Body), `"postgres":"ok"`) {
 		t.Fatalf("readyz with Redis down: %d %s", m.Status, m.Body)

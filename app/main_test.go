@@ -12,15 +12,18 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/keyrelay/keyrelay/migrations/dbtest"
+	"github.com/keyrelay/keyrelay/plugins/host"
+	"github.com/keyrelay/keyrelay/plugins/sdk"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
@@ -47,6 +50,9 @@ func TestMain(m *testing.M) {
 	if err == nil {
 		testPlugins = dir
 		err = buildBundledPlugins(context.Background(), dir, discardLogger())
+	}
+	if err == nil {
+		err = buildTestPlugin(dir, "crashonce")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "app tests: plugins:", err)
@@ -305,16 +311,7 @@ func (s *server) outboxOf(t testing.TB, tenantID uuid.UUID) []outbox.Row {
 // for fixtures that the API cannot make, such as a session gone idle.
 func ownerExec(t testing.TB, sql string, args ...any) int64 {
 	t.Helper()
-	conn, err := pgx.Connect(context.Background(), testDB.OwnerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	tag, err := conn.Exec(context.Background(), sql, args...)
-	if err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return tag.RowsAffected()
+	return testDB.Exec(t, sql, args...)
 }
 
 // problemOf checks that r is a problem+json document of status and returns it.
@@ -365,4 +362,21 @@ func listenLoopback(t testing.TB) net.Listener {
 func TenantOfTokenForTest(tok string) (string, bool) {
 	id, ok := accounts.TenantOfToken(tok)
 	return id.String(), ok
+}
+
+// buildTestPlugin builds app/testdata/<name> into dir with its manifest.
+func buildTestPlugin(dir, name string) error {
+	out := filepath.Join(dir, name)
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	bin := filepath.Join(out, name)
+	if msg, err := exec.Command("go", "build", "-o", bin, "./testdata/"+name).CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w: %s", name, err, msg)
+	}
+	m, err := host.NewManifest(bin, name, "test", sdk.ChannelSMS, sdk.ChannelEmail)
+	if err != nil {
+		return err
+	}
+	return m.WriteFile(out)
 }

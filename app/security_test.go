@@ -9,6 +9,7 @@ import (
 
 	"github.com/pquerna/otp/totp"
 
+	"github.com/keyrelay/keyrelay/migrations/dbtest"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
 )
 
@@ -330,12 +331,12 @@ func (s *server) expireLocksIfAny(t testing.TB) {
 // TestVerificationFailsClosed: with Redis gone, sign-in and codes answer
 // 503, while reads that need no counter keep working.
 func TestVerificationFailsClosed(t *testing.T) {
-	p := newTCPProxy(t, "127.0.0.1:6379")
-	s := startServer(t, func(c *Config) { c.RedisURL = "redis://" + p.addr() + "/5" })
+	p := dbtest.NewProxy(t, "127.0.0.1:6379")
+	s := startServer(t, func(c *Config) { c.RedisURL = "redis://" + p.Addr() + "/5" })
 	f := s.signup(t)
 	c := s.client()
 	ch, _ := s.challenge(t, c, f.Email, f.Password)
-	p.cut()
+	p.SetDown(true)
 	problemOf(t, c.do(t, "POST", "/api/v1/auth/login", map[string]any{"email": f.Email, "password": f.Password}), 503)
 	problemOf(t, c.do(t, "POST", "/api/v1/auth/login/verify", map[string]any{"challenge_id": ch, "code": "123456"}), 503)
 	f.Owner.expect(t, 200, "GET", "/api/v1/me", nil)

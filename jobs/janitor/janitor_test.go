@@ -2,15 +2,12 @@ package janitor
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -20,30 +17,9 @@ import (
 
 var testDB *dbtest.DB
 
-func TestMain(m *testing.M) {
-	var err error
-	if testDB, err = dbtest.Create("janitor"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	testDB.Drop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { dbtest.Main(m, "janitor", &testDB) }
 
-func owner(t *testing.T, sql string, args ...any) int64 {
-	t.Helper()
-	conn, err := pgx.Connect(context.Background(), testDB.OwnerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	tag, err := conn.Exec(context.Background(), sql, args...)
-	if err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return tag.RowsAffected()
-}
+func owner(t *testing.T, sql string, args ...any) int64 { return testDB.Exec(t, sql, args...) }
 
 // TestSweep runs the janitor as the application role: it deletes what can
 // no longer be used, in every tenant, and nothing else.

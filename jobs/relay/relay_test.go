@@ -3,18 +3,13 @@ package relay
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
-	"github.com/jackc/pgx/v5"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -30,16 +25,7 @@ const redisDB = 6
 
 var testDB *dbtest.DB
 
-func TestMain(m *testing.M) {
-	var err error
-	if testDB, err = dbtest.Create("relay"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	testDB.Drop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { dbtest.Main(m, "relay", &testDB) }
 
 type fixture struct {
 	db     *gorm.DB
@@ -65,19 +51,7 @@ func setup(t *testing.T) *fixture {
 	return f
 }
 
-func owner(t *testing.T, sql string, args ...any) int64 {
-	t.Helper()
-	conn, err := pgx.Connect(context.Background(), testDB.OwnerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	tag, err := conn.Exec(context.Background(), sql, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tag.RowsAffected()
-}
+func owner(t *testing.T, sql string, args ...any) int64 { return testDB.Exec(t, sql, args...) }
 
 func redisOpt(addr string) asynq.RedisClientOpt {
 	return asynq.RedisClientOpt{Addr: addr, DB: redisDB, DialTimeout: 300 * time.Millisecond, ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond}
@@ -186,15 +160,15 @@ func TestRelay(t *testing.T) {
 // out once it is back.
 func TestRelayWaitsForRedis(t *testing.T) {
 	f := setup(t)
-	p := newProxy(t, "127.0.0.1:6379")
-	client := asynq.NewClient(redisOpt(p.addr()))
+	p := dbtest.NewProxy(t, "127.0.0.1:6379")
+	client := asynq.NewClient(redisOpt(p.Addr()))
 	defer client.Close()
 	insp := asynq.NewInspector(redisOpt("127.0.0.1:6379"))
 	defer insp.Close()
 	insp.DeleteQueue("low", true)
 	r := New(f.db, client, DefaultConfig(testDB.AppURL), quiet())
 
-	p.setDown(true)
+	p.SetDown(true)
 	ids := f.add(t, 4, outbox.Low)
 	if _, err := r.drain(context.Background()); err == nil {
 		t.Fatal("drain succeeded with Redis down")
@@ -202,7 +176,7 @@ func TestRelayWaitsForRedis(t *testing.T) {
 	if n := owner(t, "SELECT 1 FROM outbox WHERE tenant_id = $1 AND relayed_at IS NULL", f.tenant); n != 4 {
 		t.Fatalf("%d rows pending, want all 4", n)
 	}
-	p.setDown(false)
+	p.SetDown(false)
 	// Other tests' rows may be pending too: the relay serves every tenant.
 	if n, err := r.drain(context.Background()); err != nil || n < 4 {
 		t.Fatalf("drain after Redis is back = %d, %v", n, err)
@@ -212,62 +186,5 @@ func TestRelayWaitsForRedis(t *testing.T) {
 		if !low[id.String()] {
 			t.Errorf("%s lost", id)
 		}
-	}
-}
-
-// proxy forwards TCP to a real service and can be cut and restored.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  []net.Conn
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target}
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if p.down {
-				p.mu.Unlock()
-				in.Close()
-				continue
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				p.mu.Unlock()
-				in.Close()
-				continue
-			}
-			p.conns = append(p.conns, in, out)
-			p.mu.Unlock()
-			go func() { io.Copy(out, in); out.Close() }()
-			go func() { io.Copy(in, out); in.Close() }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); p.setDown(true) })
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) setDown(down bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = down
-	if down {
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.conns = nil
 	}
 }

@@ -1,6 +1,7 @@
 // Package dbtest gives each test package a database of its own on the local
 // PostgreSQL server, migrated like production, so packages can run in
-// parallel without seeing each other's rows.
+// parallel without seeing each other's rows; and a TCP proxy that takes a
+// shared service (PostgreSQL, Redis) down for one test only.
 package dbtest
 
 import (
@@ -12,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"testing"
 
 	"github.com/jackc/pgx/v5"
 
@@ -83,4 +85,36 @@ func withDatabase(server, name, user string) (string, error) {
 		user = cfg.User
 	}
 	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", user, cfg.Host, cfg.Port, name), nil
+}
+
+// Exec runs SQL as the owner, bypassing row-level security: for fixtures
+// the API cannot make (an aged session, another tenant's row) and for
+// checks of what was really stored. It returns the rows affected.
+func (d *DB) Exec(t testing.TB, sql string, args ...any) int64 {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), d.OwnerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	tag, err := conn.Exec(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return tag.RowsAffected()
+}
+
+// Main runs a test package against a database of its own: it creates
+// *db before the tests and drops it after.
+func Main(m *testing.M, prefix string, db **DB) {
+	var err error
+	if *db, err = Create(prefix); err != nil {
+		fmt.Fprintln(os.Stderr, prefix+" tests:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := (*db).Drop(); err != nil {
+		fmt.Fprintln(os.Stderr, prefix+" tests: drop database:", err)
+	}
+	os.Exit(code)
 }
