@@ -77,7 +77,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.finish(ctx, d, outbox.Outcome{Status: outbox.Failed, Reason: "no provider for channel " + string(row.Channel)}, asynq.SkipRetry)
 	}
 
-	rendered, err := h.tpl.Render(row.Kind, row.Language, row.Data)
+	render := h.tpl.Render
+	if row.Channel == outbox.SMS {
+		render = h.tpl.RenderText
+	}
+	rendered, err := render(row.Kind, row.Language, row.Data)
 	if err != nil {
 		return h.finish(ctx, d, outbox.Outcome{Status: outbox.Failed, Reason: err.Error()}, asynq.SkipRetry)
 	}

@@ -70,6 +70,15 @@ func (t *Templates) Kinds(lang string) []string {
 
 // Render writes kind in lang (English when lang has no such template).
 func (t *Templates) Render(kind, lang string, data map[string]string) (Rendered, error) {
+	return t.render(kind, lang, data, true)
+}
+
+// RenderText is Render without the HTML part, for SMS.
+func (t *Templates) RenderText(kind, lang string, data map[string]string) (Rendered, error) {
+	return t.render(kind, lang, data, false)
+}
+
+func (t *Templates) render(kind, lang string, data map[string]string, withHTML bool) (Rendered, error) {
 	key := lang + "/" + kind
 	if _, ok := t.text[key]; !ok {
 		key = Languages[0] + "/" + kind
@@ -86,6 +95,9 @@ func (t *Templates) Render(kind, lang string, data map[string]string) (Rendered,
 			return Rendered{}, fmt.Errorf("delivery: render %s/%s: %w", key, name, err)
 		}
 		*dst = strings.TrimSpace(b.String())
+	}
+	if !withHTML {
+		return r, nil
 	}
 	b.Reset()
 	if err := t.html[key].ExecuteTemplate(&b, "html", data); err != nil {

@@ -57,6 +57,12 @@ func TestTemplates(t *testing.T) {
 			t.Fatalf("fallback: %q %v", r.Text, err)
 		}
 	})
+	t.Run("TextOnlyForSMS", func(t *testing.T) {
+		r, err := tpl.RenderText("login_code", "en", data)
+		if err != nil || r.HTML != "" || r.Text == "" {
+			t.Fatalf("RenderText = %+v, %v", r, err)
+		}
+	})
 	t.Run("ErrUnknownKind", func(t *testing.T) {
 		if _, err := tpl.Render("nope", "en", data); err == nil {
 			t.Fatal("unknown kind rendered")

@@ -38,18 +38,22 @@ type Enqueuer interface {
 
 // Config tunes the relay.
 type Config struct {
-	ListenURL   string        // a connection for LISTEN (the application role)
-	Batch       int           // rows per pass
-	Parallel    int           // enqueues in flight at once
-	Poll        time.Duration // safety-net polling interval
-	MaxRetry    int           // delivery attempts before a message is archived
-	Retention   time.Duration // how long asynq remembers a finished task id
+	ListenURL string        // a connection for LISTEN (the application role)
+	Batch     int           // rows per pass
+	Parallel  int           // enqueues in flight at once
+	Poll      time.Duration // safety-net polling interval
+	MaxRetry  int           // delivery attempts before a message is archived
+	// Retention keeps finished tasks (and so their ids) in Redis. Zero: a
+	// row relayed again after its task finished gets a new task, which finds
+	// the message no longer queued and sends nothing; keeping every
+	// finished task would cost Redis work and memory per message.
+	Retention   time.Duration
 	TaskTimeout time.Duration
 }
 
 // DefaultConfig is tuned for latency and throughput on one node.
 func DefaultConfig(listenURL string) Config {
-	return Config{ListenURL: listenURL, Batch: 100, Parallel: 16, Poll: 2 * time.Second, MaxRetry: 12, Retention: 24 * time.Hour, TaskTimeout: time.Minute}
+	return Config{ListenURL: listenURL, Batch: 100, Parallel: 16, Poll: 2 * time.Second, MaxRetry: 12, TaskTimeout: time.Minute}
 }
 
 // Relay runs the loop.
@@ -240,8 +244,10 @@ func (r *Relay) enqueueOne(ctx context.Context, row pending) bool {
 		queue = "default"
 	}
 	d := jobs.Deliver{TenantID: row.TenantID, MessageID: row.ID, Rev: row.ScheduleRev}
-	opts := []asynq.Option{asynq.TaskID(d.TaskID()), asynq.Queue(queue), asynq.MaxRetry(r.cfg.MaxRetry),
-		asynq.Retention(r.cfg.Retention), asynq.Timeout(r.cfg.TaskTimeout)}
+	opts := []asynq.Option{asynq.TaskID(d.TaskID()), asynq.Queue(queue), asynq.MaxRetry(r.cfg.MaxRetry), asynq.Timeout(r.cfg.TaskTimeout)}
+	if r.cfg.Retention > 0 {
+		opts = append(opts, asynq.Retention(r.cfg.Retention))
+	}
 	if row.NotBefore != nil && row.NotBefore.After(time.Now()) {
 		// Held by asynq's scheduled set until then, not by the outbox.
 		// asynq keeps whole seconds: round up, never early.
