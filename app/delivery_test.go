@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/keyrelay/keyrelay/migrations/dbtest"
+	"github.com/keyrelay/keyrelay/plugins/providers/httpsms/httpsms"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
 
@@ -176,5 +181,67 @@ func TestPluginCrashMidSend(t *testing.T) {
 	}
 	if string(sent) != id.String()+"\n" {
 		t.Fatalf("the provider sent %q, want the message once", sent)
+	}
+}
+
+// TestDeliveryReceipt: an SMS goes out through an HTTP gateway, which later
+// calls back, signed, to say it arrived; the message moves to delivered. A
+// callback with a wrong signature changes nothing.
+func TestDeliveryReceipt(t *testing.T) {
+	var mu sync.Mutex
+	var callback string
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/Accounts/AC1/Messages.json" || r.ParseForm() != nil {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		mu.Lock()
+		callback = r.PostForm.Get("StatusCallback")
+		mu.Unlock()
+		w.WriteHeader(http.StatusCreated)
+		w.Write([]byte(`{"sid":"SM123","status":"queued"}`))
+	}))
+	t.Cleanup(gw.Close)
+	const token = "gateway-auth-token"
+	s := startServer(t, withWorkers, func(c *Config) {
+		c.DefaultProviders = fmt.Sprintf(`{"sms":{"provider":"httpsms","settings":{"base_url":%q,"account_sid":"AC1","auth_token":%q,"from":"KEYRELAY","status_callback_url":%q}},
+			"email":{"provider":"devmailbox","settings":{"dir":%q}}}`, gw.URL, token, c.BaseURL+"/hooks/providers/httpsms", t.TempDir())
+	})
+	f := s.signup(t)
+	id := s.queueMessage(t, f.ID, outbox.Message{Kind: "login_code", Channel: outbox.SMS, Recipient: "+14155550123", Priority: outbox.Critical, Data: map[string]string{"code": "424242"}})
+	row := s.waitStatus(t, f.ID, id, outbox.Sent)
+	if row.ProviderMessageID != "SM123" || row.Provider != "httpsms" {
+		t.Fatalf("row = %+v", row)
+	}
+	mu.Lock()
+	cb := callback
+	mu.Unlock()
+	u, err := url.Parse(cb)
+	if err != nil || u.Query().Get(httpsms.QueryMessageID) != id.String() {
+		t.Fatalf("callback URL %q does not carry the message id", cb)
+	}
+	form := url.Values{"MessageSid": {"SM123"}, "MessageStatus": {"delivered"}}
+	post := func(sig string) int {
+		req, _ := http.NewRequest("POST", s.url+u.RequestURI(), strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set(httpsms.HeaderSignature, sig)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if st := post("forged"); st != 401 {
+		t.Fatalf("forged receipt: %d", st)
+	}
+	if got := s.message(t, f.ID, id).Status; got != outbox.Sent {
+		t.Fatalf("a forged receipt moved the message to %s", got)
+	}
+	if st := post(httpsms.Sign(token, cb, form)); st != 204 {
+		t.Fatalf("signed receipt: %d", st)
+	}
+	if got := s.message(t, f.ID, id); got.Status != outbox.Delivered || got.DeliveredAt == nil {
+		t.Fatalf("after the receipt: %+v", got)
 	}
 }

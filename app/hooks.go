@@ -56,12 +56,16 @@ func (a *App) providerReceipt(c *fiber.Ctx) error {
 	if err != nil {
 		return tenants.NotFound("message")
 	}
-	var tenantID uuid.UUID
-	if err := a.db.WithContext(c.UserContext()).Raw("SELECT outbox_tenant(?)", id).Scan(&tenantID).Error; err != nil {
+	var owner struct{ TenantID *string }
+	if err := a.db.WithContext(c.UserContext()).Raw("SELECT outbox_tenant(?) AS tenant_id", id).Scan(&owner).Error; err != nil {
 		return fmt.Errorf("receipt: find tenant: %w", err)
 	}
-	if tenantID == uuid.Nil {
+	if owner.TenantID == nil {
 		return tenants.NotFound("message")
+	}
+	tenantID, err := uuid.Parse(*owner.TenantID)
+	if err != nil {
+		return fmt.Errorf("receipt: tenant id: %w", err)
 	}
 	status := outbox.Delivered
 	if upd.Status == sdk.StatusFailed {
