@@ -42,6 +42,7 @@ type App struct {
 	outbox    *outbox.Outbox
 	accounts  *accounts.Service
 	providers *providers.Store
+	defaults  map[string]providers.Choice // the platform's provider per channel
 	guard     *guard.Guard
 	plugins   *host.Host
 
@@ -186,12 +187,11 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, fmt.Errorf("provider plugins: %w", err)
 	}
-	defaults, err := cfg.defaultProviders()
-	if err != nil {
+	if a.defaults, err = cfg.defaultProviders(); err != nil {
 		a.Close()
 		return nil, err
 	}
-	a.providers = providers.NewStore(a.box, pluginChecker{h: a.plugins, production: cfg.Production()}, defaults)
+	a.providers = providers.NewStore(a.box, pluginChecker{h: a.plugins, production: cfg.Production()}, a.defaults)
 	if a.http, err = a.newHTTP(); err != nil {
 		a.Close()
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"github.com/keyrelay/keyrelay/plugins/sdk"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
+	"github.com/keyrelay/keyrelay/tenants/providers"
 )
 
 // providerReceipt handles POST /hooks/providers/{name}: a provider tells us
@@ -29,11 +30,10 @@ func (a *App) providerReceipt(c *fiber.Ctx) error {
 		return tenants.NotFound("provider receipts")
 	}
 	settings := map[string]string{}
-	if defaults, err := a.cfg.defaultProviders(); err == nil {
-		for _, d := range defaults {
-			if d.Provider == name {
-				settings = d.Settings
-			}
+	for _, ch := range providers.Channels { // in a fixed order, so one channel's settings win
+		if d := a.defaults[ch]; d.Provider == name {
+			settings = d.Settings
+			break
 		}
 	}
 	hdr := map[string][]string{}

@@ -187,23 +187,20 @@ func (s *Service) VerifyLogin(ctx context.Context, in VerifyInput) (string, Sess
 	}
 	// The phone's (or user's) own failure budget first: a refused guess
 	// must not use up one of the challenge's tries.
-	var owner struct{ UserID uuid.UUID }
+	var u User
 	err := s.scope.Do(ctx, tenantID, func(ctx context.Context) error {
 		tx, err := tenants.Tx(ctx)
 		if err != nil {
 			return err
 		}
-		return tx.Model(&loginChallenge{}).Select("user_id").Where("token_hash = ?", hashToken(in.ChallengeID)).Take(&owner).Error
-	})
-	if err != nil {
-		return "", Session{}, errChallengeGone
-	}
-	var u User
-	if err := s.scope.Do(ctx, tenantID, func(ctx context.Context) error {
-		var err error
+		var owner struct{ UserID uuid.UUID }
+		if err := tx.Model(&loginChallenge{}).Select("user_id").Where("token_hash = ?", hashToken(in.ChallengeID)).Take(&owner).Error; err != nil {
+			return err
+		}
 		u, err = s.user(ctx, owner.UserID)
 		return err
-	}); err != nil || u.DisabledAt != nil {
+	})
+	if err != nil || u.DisabledAt != nil {
 		return "", Session{}, errChallengeGone
 	}
 	subject := u.ID.String()

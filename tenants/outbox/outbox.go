@@ -206,6 +206,10 @@ func (o *Outbox) List(ctx context.Context, limit int) ([]Row, error) {
 	if err := tx.Order("id DESC").Limit(limit).Find(&recs).Error; err != nil {
 		return nil, fmt.Errorf("outbox: list: %w", err)
 	}
+	return o.openAll(recs)
+}
+
+func (o *Outbox) openAll(recs []record) ([]Row, error) {
 	rows := make([]Row, 0, len(recs))
 	for _, r := range recs {
 		row, err := o.open(r)
@@ -309,15 +313,7 @@ func (o *Outbox) GetMany(ctx context.Context, ids []uuid.UUID) ([]Row, error) {
 	if err := tx.Where("id IN ?", ids).Find(&recs).Error; err != nil {
 		return nil, fmt.Errorf("outbox: get many: %w", err)
 	}
-	rows := make([]Row, 0, len(recs))
-	for _, r := range recs {
-		row, err := o.open(r)
-		if err != nil {
-			return nil, err
-		}
-		rows = append(rows, row)
-	}
-	return rows, nil
+	return o.openAll(recs)
 }
 
 // RecordMany stores the outcomes of several attempts in one statement, with

@@ -75,19 +75,6 @@ func sealCtx(tenantID uuid.UUID, channel, which string) []byte {
 	return []byte("tenant_providers:" + tenantID.String() + ":" + channel + ":" + which)
 }
 
-// Route returns the route for channel in ctx's tenant.
-func (s *Store) Route(ctx context.Context, channel string) (Route, error) {
-	routes, err := s.Routes(ctx)
-	if err != nil {
-		return Route{}, err
-	}
-	r, ok := routes[channel]
-	if !ok {
-		return Route{}, fmt.Errorf("providers: no provider for channel %q", channel)
-	}
-	return r, nil
-}
-
 // Routes returns every channel's route in ctx's tenant, in one query.
 func (s *Store) Routes(ctx context.Context) (map[string]Route, error) {
 	tx, err := tenants.Tx(ctx)
@@ -261,11 +248,15 @@ func (s *Store) Views(ctx context.Context) ([]View, error) {
 	if _, err := tenants.Require(ctx, tenants.RoleAdmin); err != nil {
 		return nil, err
 	}
+	routes, err := s.Routes(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]View, 0, len(Channels))
 	for _, ch := range Channels {
-		r, err := s.Route(ctx, ch)
-		if err != nil {
-			return nil, err
+		r, ok := routes[ch]
+		if !ok {
+			return nil, fmt.Errorf("providers: no provider for channel %q", ch)
 		}
 		v := View{Channel: ch, Provider: r.Primary.Provider, PlatformDefault: r.Default, SettingKeys: keys(r.Primary.Settings)}
 		if r.Default {
