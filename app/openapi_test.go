@@ -34,6 +34,16 @@ import (
 	"github.com/keyrelay/keyrelay/tenants/providers"
 )
 
+// mergedOpenAPI is the document the server serves.
+func mergedOpenAPI(t testing.TB) []byte {
+	t.Helper()
+	raw, err := buildOpenAPI()
+	if err != nil {
+		t.Fatalf("openapi: %v", err)
+	}
+	return raw
+}
+
 // loadOpenAPI parses and validates the embedded document.
 func loadOpenAPI(t testing.TB, raw []byte) *openapi3.T {
 	t.Helper()
@@ -125,7 +135,7 @@ func routeDrift(routes map[string]fiber.Route, ops map[string]docOp) (undocument
 func hasKey[V any](m map[string]V, k string) bool { _, ok := m[k]; return ok }
 
 func TestOpenAPIDocumentIsValid(t *testing.T) {
-	doc := loadOpenAPI(t, openAPI)
+	doc := loadOpenAPI(t, mergedOpenAPI(t))
 	if doc.OpenAPI != "3.0.3" {
 		t.Errorf("openapi = %q, want 3.0.3", doc.OpenAPI)
 	}
@@ -280,7 +290,7 @@ var guardedRoutes = []string{
 }
 
 func TestOpenAPICoversEveryRoute(t *testing.T) {
-	doc := loadOpenAPI(t, openAPI)
+	doc := loadOpenAPI(t, mergedOpenAPI(t))
 	s := startServer(t)
 	routes := registeredRoutes(s.app.http.GetRoutes(true))
 	ops := documentedOps(doc)
@@ -290,10 +300,10 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 	}
 	undocumented, stale := routeDrift(routes, ops)
 	for _, k := range undocumented {
-		t.Errorf("route %s is not in app/openapi.json: document it", k)
+		t.Errorf("route %s is not in app/openapi/*.json: document it", k)
 	}
 	for _, k := range stale {
-		t.Errorf("app/openapi.json documents %s, but no route serves it: remove it or add the route", k)
+		t.Errorf("app/openapi/*.json documents %s, but no route serves it: remove it or add the route", k)
 	}
 
 	t.Run("DriftIsDetected", func(t *testing.T) {
@@ -387,7 +397,7 @@ func TestOpenAPIServed(t *testing.T) {
 	if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("Content-Type = %q, want application/json", ct)
 	}
-	if !bytes.Equal(body, openAPI) {
+	if !bytes.Equal(body, mergedOpenAPI(t)) {
 		t.Errorf("the served document is not the embedded one")
 	}
 	doc := loadOpenAPI(t, body)
@@ -631,7 +641,7 @@ func wrongTOTP(t testing.TB, secret string) string {
 // TestOpenAPIDescribesResponses drives every documented operation through
 // the real server and checks requests and answers against the document.
 func TestOpenAPIDescribesResponses(t *testing.T) {
-	doc := loadOpenAPI(t, openAPI)
+	doc := loadOpenAPI(t, mergedOpenAPI(t))
 	s := startServer(t, func(c *Config) { c.BodyLimit = 16 << 10 })
 	sc := &specCheck{t: t, srv: s, url: s.url, doc: doc, ops: documentedOps(doc)}
 	started := time.Now().Add(-time.Minute)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"github.com/gofiber/fiber/v2/middleware/recover"
 	"time"
 
@@ -45,7 +46,11 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	app.Get("/readyz", a.readyz)
 
 	v1 := app.Group("/api/v1")
-	v1.Get("/openapi.json", serveOpenAPI)
+	doc, err := buildOpenAPI()
+	if err != nil {
+		return nil, fmt.Errorf("openapi: %w", err)
+	}
+	v1.Get("/openapi.json", serveOpenAPI(doc))
 
 	// Accounts
 	v1.Post("/signup", signin, idem, acc.Signup)

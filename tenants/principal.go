@@ -32,6 +32,29 @@ type Principal struct {
 	APIKeyID  uuid.UUID // zero for sessions
 	SessionID uuid.UUID // zero for API keys
 	Role      Role
+	// Locations limits a staff user to the boxes of these locations, and to
+	// the keys and bookings of those boxes. Empty: no limit.
+	Locations []uuid.UUID
+}
+
+// Limited reports whether the caller sees only some locations.
+func (p Principal) Limited() bool { return len(p.Locations) > 0 }
+
+// Sees reports whether the caller may see a box in location (nil: a box in
+// no location, which only unlimited callers see).
+func (p Principal) Sees(location *uuid.UUID) bool {
+	if !p.Limited() {
+		return true
+	}
+	if location == nil {
+		return false
+	}
+	for _, l := range p.Locations {
+		if l == *location {
+			return true
+		}
+	}
+	return false
 }
 
 // Actor names the principal in audit entries without revealing secrets.

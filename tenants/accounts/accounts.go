@@ -55,6 +55,9 @@ type User struct {
 	PINDisabledAt     *time.Time
 	CreatedAt         time.Time
 	UpdatedAt         time.Time
+	// LocationIDs are the locations a staff user is limited to (none: all),
+	// loaded by the calls that show users.
+	LocationIDs []uuid.UUID `gorm:"-"`
 }
 
 // language is the one messages to u are written in; "" lets the outbox
@@ -431,7 +434,11 @@ func (s *Service) Authenticate(ctx context.Context, tok string) (tenants.Princip
 			return tenants.Principal{}, fmt.Errorf("accounts: touch session: %w", err)
 		}
 	}
-	return tenants.Principal{TenantID: tenantID, UserID: u.ID, SessionID: sess.ID, Role: u.Role}, nil
+	locs, err := locationsOf(ctx, u)
+	if err != nil {
+		return tenants.Principal{}, err
+	}
+	return tenants.Principal{TenantID: tenantID, UserID: u.ID, SessionID: sess.ID, Role: u.Role, Locations: locs}, nil
 }
 
 // Logout ends the caller's session. API keys are revoked, not logged out.
@@ -478,7 +485,11 @@ func (s *Service) user(ctx context.Context, id uuid.UUID) (User, error) {
 	if err != nil {
 		return User{}, fmt.Errorf("accounts: load user: %w", err)
 	}
-	return u, nil
+	us := []User{u}
+	if err := loadLocations(ctx, us); err != nil {
+		return User{}, err
+	}
+	return us[0], nil
 }
 
 // endSessions ends every live session of a user but keep.

@@ -29,17 +29,23 @@ func NewHandlers(svc *Service, secureCookie bool) *Handlers {
 
 // UserView is a user as the API shows it.
 type UserView struct {
-	ID        uuid.UUID    `json:"id"`
-	Name      string       `json:"name"`
-	Email     string       `json:"email"`
-	Phone     *string      `json:"phone"`
-	Role      tenants.Role `json:"role"`
-	Disabled  bool         `json:"disabled"`
-	CreatedAt time.Time    `json:"created_at"`
+	ID       uuid.UUID    `json:"id"`
+	Name     string       `json:"name"`
+	Email    string       `json:"email"`
+	Phone    *string      `json:"phone"`
+	Role     tenants.Role `json:"role"`
+	Disabled bool         `json:"disabled"`
+	// LocationIDs are the locations the user is limited to; empty: all.
+	LocationIDs []uuid.UUID `json:"location_ids"`
+	CreatedAt   time.Time   `json:"created_at"`
 }
 
 func viewUser(u User) UserView {
-	return UserView{ID: u.ID, Name: u.Name, Email: u.Email, Phone: u.Phone, Role: u.Role, Disabled: u.DisabledAt != nil, CreatedAt: u.CreatedAt.UTC()}
+	locs := u.LocationIDs
+	if locs == nil {
+		locs = []uuid.UUID{}
+	}
+	return UserView{ID: u.ID, Name: u.Name, Email: u.Email, Phone: u.Phone, Role: u.Role, Disabled: u.DisabledAt != nil, LocationIDs: locs, CreatedAt: u.CreatedAt.UTC()}
 }
 
 // Signup handles POST /signup.

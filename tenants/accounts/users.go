@@ -18,6 +18,8 @@ type NewUserInput struct {
 	Email string       `json:"email"`
 	Phone *string      `json:"phone"`
 	Role  tenants.Role `json:"role"`
+	// LocationIDs limits a staff user to these locations (none: all).
+	LocationIDs []uuid.UUID `json:"location_ids"`
 }
 
 // canManage says whether actor may give or take role from a user.
@@ -66,6 +68,16 @@ func (s *Service) CreateUser(ctx context.Context, in NewUserInput) (User, error)
 	if err := tx.Create(&u).Error; err != nil {
 		return User{}, fmt.Errorf("accounts: create user: %w", err)
 	}
+	if err := setLocations(ctx, u, in.LocationIDs, &v); err != nil {
+		return User{}, err
+	}
+	if err := v.Err(); err != nil {
+		return User{}, err
+	}
+	u.LocationIDs = in.LocationIDs
+	if u.LocationIDs == nil {
+		u.LocationIDs = []uuid.UUID{}
+	}
 	if err := s.sendResetLink(ctx, u, "invite", s.cfg.InviteTTL); err != nil {
 		return User{}, err
 	}
@@ -101,7 +113,7 @@ func (s *Service) ListUsers(ctx context.Context, after uuid.UUID, limit int) ([]
 	if err := q.Find(&us).Error; err != nil {
 		return nil, fmt.Errorf("accounts: list users: %w", err)
 	}
-	return us, nil
+	return us, loadLocations(ctx, us)
 }
 
 // UserPatch lists what an admin may change on a user; nil means unchanged.
@@ -110,6 +122,9 @@ type UserPatch struct {
 	Phone    *string       `json:"phone"`
 	Role     *tenants.Role `json:"role"`
 	Disabled *bool         `json:"disabled"`
+	// LocationIDs replaces the locations a staff user is limited to; an
+	// empty list lifts the limit.
+	LocationIDs *[]uuid.UUID `json:"location_ids"`
 }
 
 // UpdateUser changes a user. Nobody changes their own role or disables
@@ -177,6 +192,24 @@ func (s *Service) UpdateUser(ctx context.Context, id uuid.UUID, in UserPatch) (U
 	}
 	if err := tx.Model(&u).Updates(changes).Error; err != nil {
 		return User{}, fmt.Errorf("accounts: update user: %w", err)
+	}
+	if in.LocationIDs != nil || in.Role != nil {
+		ids := u.LocationIDs
+		if in.LocationIDs != nil {
+			ids = *in.LocationIDs
+		}
+		if in.Role != nil {
+			u.Role = *in.Role
+		}
+		if !limitedRole(u.Role) && in.LocationIDs == nil {
+			ids = nil // promoted to admin: the limit no longer applies
+		}
+		if err := setLocations(ctx, u, ids, &v); err != nil {
+			return User{}, err
+		}
+		if err := v.Err(); err != nil {
+			return User{}, err
+		}
 	}
 	if in.Disabled != nil && *in.Disabled {
 		if err := s.endSessions(ctx, u.ID, uuid.Nil); err != nil {
