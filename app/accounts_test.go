@@ -462,3 +462,48 @@ func TestSecureCookieOverTLS(t *testing.T) {
 		t.Fatalf("cookie not Secure behind an https base URL: %q", r.Header.Get("Set-Cookie"))
 	}
 }
+
+// Staff users can be limited to locations; admins and owners cannot, and
+// an unknown location is refused without writing the user.
+func TestUserLocations(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	other := s.signup(t)
+	loc := uuid.New()
+	foreign := uuid.New()
+	ownerExec(t, `INSERT INTO locations (tenant_id, id, name) VALUES ($1, $2, 'Airport'), ($3, $4, 'Airport')`, f.ID, loc, other.ID, foreign)
+
+	staff := f.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Sam", "email": "sam@example.com", "role": "staff", "location_ids": []string{loc.String()}}).JSON(t)
+	if ids := staff["location_ids"].([]any); len(ids) != 1 || ids[0] != loc.String() {
+		t.Fatalf("location_ids = %v, want [%s]", ids, loc)
+	}
+	staffID := staff["id"].(string)
+	got := f.Owner.expect(t, 200, "GET", "/api/v1/users/"+staffID, nil).JSON(t)
+	if ids := got["location_ids"].([]any); len(ids) != 1 || ids[0] != loc.String() {
+		t.Fatalf("read back location_ids = %v", ids)
+	}
+
+	t.Run("ErrOtherTenantsLocation", func(t *testing.T) {
+		p := problemOf(t, f.Owner.do(t, "POST", "/api/v1/users", map[string]any{"name": "Tom", "email": "tom@example.com", "role": "staff", "location_ids": []string{foreign.String()}}), 422)
+		if fe := p["errors"].([]any)[0].(map[string]any); fe["field"] != "location_ids" {
+			t.Errorf("errors = %v", p["errors"])
+		}
+		// Nothing half-written: the address is still free.
+		f.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Tom", "email": "tom@example.com", "role": "staff"})
+	})
+	t.Run("ErrAdminLimited", func(t *testing.T) {
+		problemOf(t, f.Owner.do(t, "POST", "/api/v1/users", map[string]any{"name": "Ada", "email": "ada@example.com", "role": "admin", "location_ids": []string{loc.String()}}), 422)
+	})
+	t.Run("PatchLiftsLimit", func(t *testing.T) {
+		m := f.Owner.expect(t, 200, "PATCH", "/api/v1/users/"+staffID, map[string]any{"location_ids": []string{}}).JSON(t)
+		if ids := m["location_ids"].([]any); len(ids) != 0 {
+			t.Fatalf("location_ids = %v after lifting the limit", ids)
+		}
+		f.Owner.expect(t, 200, "PATCH", "/api/v1/users/"+staffID, map[string]any{"location_ids": []string{loc.String()}})
+		// Promoting to admin drops the limit rather than leaving a stale one.
+		m = f.Owner.expect(t, 200, "PATCH", "/api/v1/users/"+staffID, map[string]any{"role": "admin"}).JSON(t)
+		if ids := m["location_ids"].([]any); len(ids) != 0 {
+			t.Fatalf("an admin kept location_ids %v", ids)
+		}
+	})
+}
