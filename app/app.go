@@ -18,6 +18,7 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 
+	"github.com/keyrelay/keyrelay/firmware/devices"
 	"github.com/keyrelay/keyrelay/migrations"
 	"github.com/keyrelay/keyrelay/plugins/host"
 	"github.com/keyrelay/keyrelay/tenants"
@@ -45,6 +46,7 @@ type App struct {
 	defaults  map[string]providers.Choice // the platform's provider per channel
 	guard     *guard.Guard
 	plugins   *host.Host
+	devices   *devices.Service
 
 	queueOpt asynq.RedisConnOpt
 	queue    *asynq.Client
@@ -191,6 +193,7 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, err
 	}
+	a.devices = devices.New(a.scope, a.box, a.redis, cfg.LimitPrefix+":", cfg.RootPublicKey)
 	a.providers = providers.NewStore(a.box, pluginChecker{h: a.plugins, production: cfg.Production()}, a.defaults)
 	if a.http, err = a.newHTTP(); err != nil {
 		a.Close()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -42,6 +43,14 @@ type Config struct {
 	WorkerConcurrency int    // deliveries at once per process
 	DefaultProviders  string // JSON: the platform's provider per channel
 	HashConcurrency   int    // argon2id hashes running at once (19 MiB each)
+
+	// RootPublicKey is the platform's ed25519 root key that boxes pin at
+	// provisioning. Its private half stays offline (development: generated
+	// under the state directory).
+	RootPublicKey ed25519.PublicKey
+	// RootPrivateKey is set in development only, so the demo and the tests
+	// can certify signing keys without an offline ceremony.
+	RootPrivateKey ed25519.PrivateKey
 }
 
 // Production reports whether development defaults are forbidden.
@@ -147,6 +156,22 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 				problems = append(problems, "KEYRELAY_OPERATOR_TOKEN: "+err.Error())
 			}
 		}
+	}
+	if root := getenv("KEYRELAY_ROOT_PUBLIC_KEY"); root != "" {
+		pub, err := base64.StdEncoding.DecodeString(root)
+		if err != nil || len(pub) != ed25519.PublicKeySize {
+			problems = append(problems, "KEYRELAY_ROOT_PUBLIC_KEY must be an ed25519 public key (32 bytes, base64)")
+		}
+		c.RootPublicKey = pub
+	} else if c.Production() {
+		problems = append(problems, "KEYRELAY_ROOT_PUBLIC_KEY is required in production (the platform root key boxes pin; its private half stays offline)")
+	} else if seed, err := devSecret(c.StateDir, "root-key", ed25519.SeedSize); err != nil {
+		problems = append(problems, "KEYRELAY_ROOT_PUBLIC_KEY: "+err.Error())
+	} else if raw, err := base64.StdEncoding.DecodeString(seed); err != nil || len(raw) != ed25519.SeedSize {
+		problems = append(problems, "the development root key under "+c.StateDir+" is damaged: delete it to make a new one")
+	} else {
+		c.RootPrivateKey = ed25519.NewKeyFromSeed(raw)
+		c.RootPublicKey = c.RootPrivateKey.Public().(ed25519.PublicKey)
 	}
 	if secret != "" {
 		key, err := base64.StdEncoding.DecodeString(secret)

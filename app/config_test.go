@@ -30,8 +30,11 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("secret file: %v %v", info, err)
 	}
+	if len(cfg.RootPublicKey) != 32 || len(cfg.RootPrivateKey) != 64 {
+		t.Fatal("development root key not generated")
+	}
 	again, _ := LoadConfig(envOf(map[string]string{"KEYRELAY_STATE_DIR": dir}))
-	if !bytes.Equal(again.SecretKey, cfg.SecretKey) || again.OperatorToken != cfg.OperatorToken {
+	if !bytes.Equal(again.SecretKey, cfg.SecretKey) || again.OperatorToken != cfg.OperatorToken || !bytes.Equal(again.RootPublicKey, cfg.RootPublicKey) {
 		t.Fatal("development secrets change between starts")
 	}
 }
@@ -41,7 +44,7 @@ func TestConfigProductionRefusesDevDefaults(t *testing.T) {
 	if err == nil {
 		t.Fatal("production started with development defaults")
 	}
-	for _, name := range []string{"KEYRELAY_SECRET_KEY", "KEYRELAY_OPERATOR_TOKEN", "KEYRELAY_BASE_URL", "KEYRELAY_PLUGINS_DIR", "KEYRELAY_DEFAULT_PROVIDERS"} {
+	for _, name := range []string{"KEYRELAY_SECRET_KEY", "KEYRELAY_OPERATOR_TOKEN", "KEYRELAY_BASE_URL", "KEYRELAY_PLUGINS_DIR", "KEYRELAY_DEFAULT_PROVIDERS", "KEYRELAY_ROOT_PUBLIC_KEY"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}
@@ -54,9 +57,16 @@ func TestConfigProductionRefusesDevDefaults(t *testing.T) {
 			"KEYRELAY_BASE_URL":          "https://keys.example.com",
 			"KEYRELAY_PLUGINS_DIR":       "/opt/keyrelay/plugins",
 			"KEYRELAY_DEFAULT_PROVIDERS": `{"sms":{"provider":"httpsms","settings":{}},"email":{"provider":"smtp","settings":{}}}`,
+			"KEYRELAY_ROOT_PUBLIC_KEY":   "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 		}))
 		if err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("ErrBadRootKey", func(t *testing.T) {
+		_, err := LoadConfig(envOf(map[string]string{"KEYRELAY_ROOT_PUBLIC_KEY": "c2hvcnQ=", "KEYRELAY_STATE_DIR": t.TempDir()}))
+		if err == nil || !strings.Contains(err.Error(), "KEYRELAY_ROOT_PUBLIC_KEY") {
+			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("ErrBadSecretKey", func(t *testing.T) {

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
 
+	"github.com/keyrelay/keyrelay/firmware/devices"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
 )
@@ -93,6 +95,36 @@ func (a *App) authenticate(c *fiber.Ctx) error {
 	if !ok {
 		return tenants.Errorf(tenants.EUnauthorized, "sign in first: send a session token (Authorization: Bearer …) or the session cookie")
 	}
+	return a.inTenantTx(c, tenantID, func(ctx context.Context) (tenants.Principal, error) {
+		return a.accounts.Authenticate(ctx, tok)
+	})
+}
+
+// authenticateBox is authenticate for /box/v1: the caller is a box whose
+// request is signed with its device key (firmware/devices).
+func (a *App) authenticateBox(c *fiber.Ctx) error {
+	req := devices.SignedRequest{
+		Credential: c.Get(devices.HeaderCredential),
+		Time:       c.Get(devices.HeaderTime),
+		Signature:  c.Get(devices.HeaderSignature),
+		Method:     c.Method(),
+		Path:       string(c.Request().URI().RequestURI()),
+		Body:       c.Body(),
+	}
+	tenantID, _, ok := devices.ParseCredentialID(req.Credential)
+	if !ok {
+		return tenants.Errorf(tenants.EUnauthorized, "sign the request with the box's device key (%s, %s, %s)", devices.HeaderCredential, devices.HeaderTime, devices.HeaderSignature)
+	}
+	return a.inTenantTx(c, tenantID, func(ctx context.Context) (tenants.Principal, error) {
+		return a.devices.Authenticate(ctx, req)
+	})
+}
+
+// inTenantTx opens tenantID's transaction, resolves the caller in it and
+// runs the rest of the chain with both in the context. It commits only
+// when the handler answered below 400; afterTx hooks run once the outcome
+// is known.
+func (a *App) inTenantTx(c *fiber.Ctx, tenantID uuid.UUID, resolve func(ctx context.Context) (tenants.Principal, error)) error {
 	ctx := c.UserContext()
 	tx, err := a.scope.Begin(ctx, tenantID)
 	if err != nil {
@@ -109,7 +141,7 @@ func (a *App) authenticate(c *fiber.Ctx) error {
 		}
 	}()
 	ctx = tenants.WithTx(ctx, tenantID, tx)
-	p, err := a.accounts.Authenticate(ctx, tok)
+	p, err := resolve(ctx)
 	if err != nil {
 		return err
 	}

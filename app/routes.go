@@ -7,6 +7,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/keyrelay/keyrelay/firmware/devices"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
 	"github.com/keyrelay/keyrelay/tenants/audit"
@@ -87,6 +88,16 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Get("/providers", auth, admin, prov.Get)
 	v1.Put("/providers", auth, admin, prov.Put)
 	app.Post("/hooks/providers/:name", a.providerReceipt)
+
+	// Boxes: device identity (firmware/devices). A box signs every request
+	// with its device key; provisioning is rate-limited like sign-in.
+	dev := devices.NewHandlers(a.devices)
+	v1.Post("/boxes/:id/provisioning-token", auth, admin, dev.IssueToken)
+	v1.Delete("/boxes/:id/credential", auth, admin, dev.Revoke)
+	boxAPI := app.Group("/box/v1")
+	boxAuth := a.authenticateBox
+	boxAPI.Post("/provision", signin, dev.Provision)
+	boxAPI.Get("/me", boxAuth, dev.Whoami)
 
 	// Platform operator
 	queues := a.queueDashboard()

@@ -31,7 +31,10 @@ type Principal struct {
 	UserID    uuid.UUID // zero for API keys
 	APIKeyID  uuid.UUID // zero for sessions
 	SessionID uuid.UUID // zero for API keys
-	Role      Role
+	// BoxID is set when the caller is a box (signed device request); a box
+	// has no role, so every Require refuses it.
+	BoxID uuid.UUID
+	Role  Role
 	// Locations limits a staff user to the boxes of these locations, and to
 	// the keys and bookings of those boxes. Empty: no limit.
 	Locations []uuid.UUID
@@ -61,6 +64,9 @@ func (p Principal) Sees(location *uuid.UUID) bool {
 func (p Principal) Actor() string {
 	if p.APIKeyID != uuid.Nil {
 		return "api_key:" + p.APIKeyID.String()
+	}
+	if p.BoxID != uuid.Nil {
+		return "box:" + p.BoxID.String()
 	}
 	return "user:" + p.UserID.String()
 }

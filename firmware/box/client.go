@@ -1,0 +1,143 @@
+// Package box is the reference box: what an MS5 does, in Go, for the tests,
+// the demo and the integrators who want to see the whole flow. This file is
+// its connection to the platform: provisioning and signed requests.
+package box
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/keyrelay/keyrelay/firmware/devices"
+)
+
+// Identity is what a box keeps in its secure storage after provisioning.
+type Identity struct {
+	TenantID      string             `json:"tenant_id"`
+	BoxID         string             `json:"box_id"`
+	CredentialID  string             `json:"credential_id"`
+	PrivateKey    ed25519.PrivateKey `json:"private_key"`
+	Secret        []byte             `json:"box_secret"`
+	RootPublicKey ed25519.PublicKey  `json:"root_public_key"`
+	Model         string             `json:"model"`
+	Timezone      string             `json:"timezone"`
+}
+
+// Client talks to /box/v1 as one box.
+type Client struct {
+	BaseURL string
+	HTTP    *http.Client
+	ID      Identity
+	// Clock is the box's clock (tests move it); nil is time.Now.
+	Clock func() time.Time
+}
+
+// Provision generates the box's key pair and exchanges the installer's
+// token for the credential, the box secret and the pinned root key.
+func Provision(ctx context.Context, baseURL, token string, httpc *http.Client) (*Client, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	if httpc == nil {
+		httpc = &http.Client{Timeout: 30 * time.Second}
+	}
+	body, _ := json.Marshal(devices.ProvisionInput{Token: token, PublicKey: base64.StdEncoding.EncodeToString(pub)})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(baseURL, "/")+"/box/v1/provision", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	res, err := httpc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("box: provision: %w", err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if res.StatusCode != http.StatusCreated {
+		return nil, &StatusError{Status: res.StatusCode, Body: raw}
+	}
+	var p devices.Provisioned
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, fmt.Errorf("box: provision: %w", err)
+	}
+	secret, err := base64.StdEncoding.DecodeString(p.BoxSecret)
+	if err != nil || len(secret) != devices.SecretSize {
+		return nil, fmt.Errorf("box: provision: bad box secret")
+	}
+	root, err := base64.StdEncoding.DecodeString(p.RootPublicKey)
+	if err != nil || len(root) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("box: provision: bad root key")
+	}
+	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), HTTP: httpc, ID: Identity{
+		TenantID: p.TenantID.String(), BoxID: p.BoxID.String(), CredentialID: p.CredentialID, PrivateKey: priv,
+		Secret: secret, RootPublicKey: root, Model: p.Model, Timezone: p.Timezone,
+	}}, nil
+}
+
+// StatusError is an answer other than the one expected.
+type StatusError struct {
+	Status int
+	Body   []byte
+}
+
+func (e *StatusError) Error() string { return fmt.Sprintf("box: status %d: %s", e.Status, e.Body) }
+
+func (c *Client) now() time.Time {
+	if c.Clock != nil {
+		return c.Clock()
+	}
+	return time.Now()
+}
+
+// Request is one signed call; the raw answer is returned whatever its
+// status, so callers (and tests) see refusals as they are.
+func (c *Client) Request(ctx context.Context, method, path string, body any) (int, []byte, error) {
+	var raw []byte
+	if body != nil {
+		var err error
+		if raw, err = json.Marshal(body); err != nil {
+			return 0, nil, err
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, bytes.NewReader(raw))
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range devices.Sign(c.ID.PrivateKey, c.ID.CredentialID, method, path, raw, c.now()) {
+		req.Header.Set(k, v)
+	}
+	res, err := c.HTTP.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer res.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(res.Body, 32<<20))
+	return res.StatusCode, out, err
+}
+
+// Call is Request for an expected status, decoding the answer into out.
+func (c *Client) Call(ctx context.Context, want int, method, path string, body, out any) error {
+	status, raw, err := c.Request(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	if status != want {
+		return &StatusError{Status: status, Body: raw}
+	}
+	if out != nil && len(raw) > 0 {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}
