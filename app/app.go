@@ -18,12 +18,17 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 
+	"github.com/keyrelay/keyrelay/firmware/commands"
 	"github.com/keyrelay/keyrelay/firmware/devices"
+	"github.com/keyrelay/keyrelay/firmware/health"
 	"github.com/keyrelay/keyrelay/migrations"
 	"github.com/keyrelay/keyrelay/plugins/host"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
+	"github.com/keyrelay/keyrelay/tenants/bookings"
+	"github.com/keyrelay/keyrelay/tenants/exchange"
 	"github.com/keyrelay/keyrelay/tenants/guard"
+	"github.com/keyrelay/keyrelay/tenants/inventory"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 	"github.com/keyrelay/keyrelay/tenants/providers"
 	"github.com/keyrelay/keyrelay/tenants/secretbox"
@@ -42,11 +47,17 @@ type App struct {
 	box       *secretbox.Box
 	outbox    *outbox.Outbox
 	accounts  *accounts.Service
+	bookings  *bookings.Service
 	providers *providers.Store
+	inventory *inventory.Service
 	defaults  map[string]providers.Choice // the platform's provider per channel
 	guard     *guard.Guard
 	plugins   *host.Host
 	devices   *devices.Service
+	hub       *commands.Hub
+	exchange  *exchange.Service
+	health    *health.Service
+	commands  *commands.Service
 
 	queueOpt asynq.RedisConnOpt
 	queue    *asynq.Client
@@ -180,6 +191,10 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, err
 	}
+	if a.bookings, err = bookings.NewService(bookings.Deps{Keys: a.box, Messages: a.outbox}, bookings.DefaultConfig(cfg.BaseURL)); err != nil {
+		a.Close()
+		return nil, err
+	}
 	if a.queueOpt, err = asynq.ParseRedisURI(cfg.RedisURL); err != nil {
 		a.Close()
 		return nil, fmt.Errorf("KEYRELAY_REDIS_URL: %w", err)
@@ -194,7 +209,21 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	a.devices = devices.New(a.scope, a.box, a.redis, cfg.LimitPrefix+":", cfg.RootPublicKey)
+	a.hub = commands.NewHub(a.redis, cfg.LimitPrefix+":", log)
+	a.commands = commands.New(a.hub)
+	ecfg := exchange.DefaultConfig()
+	ecfg.SMSPerPhoneHour, ecfg.SMSPerPhoneDay = cfg.SMSPerPhoneHour, cfg.SMSPerPhoneDay
+	hcfg := health.DefaultConfig()
+	hcfg.OfflineAfter, hcfg.AlertAfter = cfg.BoxOfflineAfter, cfg.BoxOfflineAlertAfter
+	a.health = health.New(a.scope, a.redis, cfg.LimitPrefix+":", a.accounts, hcfg, log)
+	a.exchange = exchange.New(exchange.Deps{Accounts: a.accounts, Messages: a.outbox, Keys: a.box, Guard: a.guard, Commands: a.commands, Secrets: a.devices}, ecfg)
 	a.providers = providers.NewStore(a.box, pluginChecker{h: a.plugins, production: cfg.Production()}, a.defaults)
+	// Inventory: bookings counts a key's live accesses, which stop its
+	// deletion.
+	if a.inventory, err = inventory.NewService(a.bookings); err != nil {
+		a.Close()
+		return nil, err
+	}
 	if a.http, err = a.newHTTP(); err != nil {
 		a.Close()
 		return nil, err
@@ -214,6 +243,9 @@ func (a *App) Serve(ctx context.Context) error {
 func (a *App) serveOn(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- a.http.Listener(ln) }()
+	// The hub stops with ctx, before the drain below, so that boxes'
+	// long polls answer instead of holding the shutdown up.
+	go a.hub.Run(ctx)
 	a.log.Info("listening", "addr", ln.Addr().String(), "base_url", a.cfg.BaseURL)
 	select {
 	case err := <-errc:

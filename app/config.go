@@ -44,6 +44,13 @@ type Config struct {
 	DefaultProviders  string // JSON: the platform's provider per channel
 	HashConcurrency   int    // argon2id hashes running at once (19 MiB each)
 
+	// BoxOfflineAfter: a box whose heartbeats stop for this long is marked
+	// offline.
+	BoxOfflineAfter time.Duration
+	// BoxOfflineAlertAfter: a box offline this long is reported to its
+	// tenant, once per incident.
+	BoxOfflineAlertAfter time.Duration
+
 	// RootPublicKey is the platform's ed25519 root key that boxes pin at
 	// provisioning. Its private half stays offline (development: generated
 	// under the state directory).
@@ -108,6 +115,12 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if c.SessionIdle, err = duration(get("KEYRELAY_SESSION_IDLE", "30m")); err != nil {
 		problems = append(problems, "KEYRELAY_SESSION_IDLE: "+err.Error())
+	}
+	if c.BoxOfflineAfter, err = duration(get("KEYRELAY_BOX_OFFLINE_AFTER", "5m")); err != nil {
+		problems = append(problems, "KEYRELAY_BOX_OFFLINE_AFTER: "+err.Error())
+	}
+	if c.BoxOfflineAlertAfter, err = duration(get("KEYRELAY_BOX_OFFLINE_ALERT_AFTER", "30m")); err != nil {
+		problems = append(problems, "KEYRELAY_BOX_OFFLINE_ALERT_AFTER: "+err.Error())
 	}
 	if c.HashConcurrency, err = strconv.Atoi(get("KEYRELAY_HASH_CONCURRENCY", "4")); err != nil || c.HashConcurrency < 1 {
 		problems = append(problems, "KEYRELAY_HASH_CONCURRENCY: must be a positive number")

@@ -206,3 +206,38 @@ func TestBoxSignedRequests(t *testing.T) {
 		}
 	})
 }
+
+// A captured mutating request cannot be sent again, while the box's own
+// identical repeat (a new nonce) goes through.
+func TestBoxReplayRefused(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	boxID := insertBox(t, f.ID, "MS5")
+	b := s.provisionBox(t, f, boxID)
+	rel := f.Owner.expect(t, 202, "POST", "/api/v1/boxes/"+boxID.String()+"/bins/1/release", nil).JSON(t)
+	path := "/box/v1/commands/" + rel["command_id"].(string) + "/ack"
+	body := []byte(`{"result":"done"}`)
+	h := devices.Sign(b.ID.PrivateKey, b.ID.CredentialID, "POST", path, body, time.Now())
+	send := func() int {
+		req, _ := http.NewRequest("POST", s.url+path, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		for k, v := range h {
+			req.Header.Set(k, v)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if got := send(); got != 204 {
+		t.Fatalf("first: %d", got)
+	}
+	if got := send(); got != 401 {
+		t.Fatalf("replayed: %d, want 401", got)
+	}
+	if err := b.Call(context.Background(), 204, "POST", path, map[string]any{"result": "done"}, nil); err != nil {
+		t.Fatalf("the box's own repeat: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/web"
@@ -20,7 +21,13 @@ type problem struct {
 	Detail    string               `json:"detail,omitempty"`
 	Errors    []tenants.FieldError `json:"errors,omitempty"`
 	RequestID string               `json:"request_id,omitempty"`
+	// ConflictingBookingID names the booking in the way of a 409 (an
+	// overlapping one-time booking of the same key).
+	ConflictingBookingID string `json:"conflicting_booking_id,omitempty"`
 }
+
+// conflictNamer is a domain error that names the booking it conflicts with.
+type conflictNamer interface{ ConflictingBookingID() uuid.UUID }
 
 // problemTypes gives each error code a stable type URI, status and title.
 // This is the one place where domain errors become HTTP.
@@ -52,6 +59,10 @@ func (a *App) errorHandler(c *fiber.Ctx, err error) error {
 		p.Type, p.Title, p.Status, p.Detail, p.Errors = problemType(string(de.Code)), pt.title, pt.status, de.Message, de.Fields
 		if web.IsMalformed(err) {
 			p.Type, p.Title, p.Status = problemType("bad_request"), "Bad request", fiber.StatusBadRequest
+		}
+		var cn conflictNamer
+		if errors.As(err, &cn) {
+			p.ConflictingBookingID = cn.ConflictingBookingID().String()
 		}
 		if de.RetryAfter > 0 {
 			c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(math.Ceil(de.RetryAfter.Seconds()))))

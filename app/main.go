@@ -15,6 +15,9 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	// Box time zones are checked with time.LoadLocation; embed the zone
+	// database so that also works on a machine without one.
+	_ "time/tzdata"
 
 	"golang.org/x/sync/errgroup"
 )

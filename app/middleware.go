@@ -103,21 +103,50 @@ func (a *App) authenticate(c *fiber.Ctx) error {
 // authenticateBox is authenticate for /box/v1: the caller is a box whose
 // request is signed with its device key (firmware/devices).
 func (a *App) authenticateBox(c *fiber.Ctx) error {
-	req := devices.SignedRequest{
-		Credential: c.Get(devices.HeaderCredential),
-		Time:       c.Get(devices.HeaderTime),
-		Signature:  c.Get(devices.HeaderSignature),
-		Method:     c.Method(),
-		Path:       string(c.Request().URI().RequestURI()),
-		Body:       c.Body(),
-	}
+	req := signedRequest(c)
 	tenantID, _, ok := devices.ParseCredentialID(req.Credential)
 	if !ok {
-		return tenants.Errorf(tenants.EUnauthorized, "sign the request with the box's device key (%s, %s, %s)", devices.HeaderCredential, devices.HeaderTime, devices.HeaderSignature)
+		return errUnsignedBox
 	}
 	return a.inTenantTx(c, tenantID, func(ctx context.Context) (tenants.Principal, error) {
 		return a.devices.Authenticate(ctx, req)
 	})
+}
+
+// authenticateBoxBriefly authenticates a box in a transaction of its own
+// and runs the rest of the chain outside any: for long polls, which must
+// not hold a pooled connection while they wait.
+func (a *App) authenticateBoxBriefly(c *fiber.Ctx) error {
+	req := signedRequest(c)
+	tenantID, _, ok := devices.ParseCredentialID(req.Credential)
+	if !ok {
+		return errUnsignedBox
+	}
+	var p tenants.Principal
+	err := a.scope.Do(c.UserContext(), tenantID, func(ctx context.Context) error {
+		var err error
+		p, err = a.devices.Authenticate(ctx, req)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	c.SetUserContext(tenants.WithPrincipal(c.UserContext(), p))
+	return c.Next()
+}
+
+var errUnsignedBox = tenants.Errorf(tenants.EUnauthorized, "sign the request with the box's device key (%s, %s, %s)", devices.HeaderCredential, devices.HeaderTime, devices.HeaderSignature)
+
+func signedRequest(c *fiber.Ctx) devices.SignedRequest {
+	return devices.SignedRequest{
+		Credential: c.Get(devices.HeaderCredential),
+		Time:       c.Get(devices.HeaderTime),
+		Signature:  c.Get(devices.HeaderSignature),
+		Nonce:      c.Get(devices.HeaderNonce),
+		Method:     c.Method(),
+		Path:       string(c.Request().URI().RequestURI()),
+		Body:       c.Body(),
+	}
 }
 
 // inTenantTx opens tenantID's transaction, resolves the caller in it and
@@ -160,6 +189,7 @@ func (a *App) inTenantTx(c *fiber.Ctx, tenantID uuid.UUID, resolve func(ctx cont
 		return fmt.Errorf("commit: %w", err)
 	}
 	final = true
+	tenants.Committed(ctx)
 	return nil
 }
 

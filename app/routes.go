@@ -7,10 +7,14 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/keyrelay/keyrelay/firmware/commands"
 	"github.com/keyrelay/keyrelay/firmware/devices"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/bookings"
+	"github.com/keyrelay/keyrelay/tenants/exchange"
+	"github.com/keyrelay/keyrelay/tenants/inventory"
 	"github.com/keyrelay/keyrelay/tenants/providers"
 )
 
@@ -42,6 +46,7 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	auth := a.authenticate
 	idem := a.idempotent
 	admin := role(tenants.RoleAdmin)
+	staff := role(tenants.RoleStaff)
 
 	app.Get("/healthz", a.healthz)
 	app.Get("/readyz", a.readyz)
@@ -89,6 +94,43 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Put("/providers", auth, admin, prov.Put)
 	app.Post("/hooks/providers/:name", a.providerReceipt)
 
+	// Inventory: staff read and manage keys within their locations; boxes
+	// and locations are installations, managed by admins.
+	inv := inventory.NewHandlers(a.inventory)
+	v1.Get("/locations", auth, staff, inv.ListLocations)
+	v1.Post("/locations", auth, idem, admin, inv.CreateLocation)
+	v1.Get("/locations/:id", auth, staff, inv.GetLocation)
+	v1.Patch("/locations/:id", auth, idem, admin, inv.UpdateLocation)
+	v1.Delete("/locations/:id", auth, idem, admin, inv.DeleteLocation)
+	v1.Get("/boxes", auth, staff, inv.ListBoxes)
+	v1.Post("/boxes", auth, idem, admin, inv.CreateBox)
+	v1.Get("/boxes/:id", auth, staff, inv.GetBox)
+	v1.Patch("/boxes/:id", auth, idem, admin, inv.UpdateBox)
+	v1.Delete("/boxes/:id", auth, idem, admin, inv.DeleteBox)
+	v1.Get("/keys", auth, staff, inv.ListKeys)
+	v1.Post("/keys", auth, idem, staff, inv.CreateKey)
+	v1.Get("/keys/export", auth, staff, inv.ExportKeys)
+	v1.Get("/keys/:id", auth, staff, inv.GetKey)
+	v1.Patch("/keys/:id", auth, idem, staff, inv.UpdateKey)
+	v1.Delete("/keys/:id", auth, idem, staff, inv.DeleteKey)
+
+	// Bookings and alias codes: staff and up (users and API keys), within
+	// the caller's locations; every change accepts an Idempotency-Key.
+	bk := bookings.NewHandlers(a.bookings)
+	v1.Post("/bookings", auth, idem, staff, bk.Create)
+	v1.Get("/bookings", auth, staff, bk.List)
+	v1.Get("/bookings/:id", auth, staff, bk.Get)
+	v1.Patch("/bookings/:id", auth, idem, staff, bk.Update)
+	v1.Post("/bookings/:id/release", auth, idem, staff, bk.Release)
+	v1.Post("/bookings/:id/revoke", auth, idem, staff, bk.Revoke)
+	v1.Post("/bookings/:id/resend", auth, idem, staff, bk.Resend)
+	v1.Get("/bookings/:id/details", auth, staff, bk.Details)
+	v1.Get("/keys/:id/visitors", auth, staff, bk.KeyVisitors)
+	v1.Post("/alias-codes", auth, idem, staff, bk.CreateAlias)
+	v1.Get("/alias-codes", auth, staff, bk.ListAliases)
+	v1.Get("/alias-codes/:id", auth, staff, bk.GetAlias)
+	v1.Delete("/alias-codes/:id", auth, idem, staff, bk.RetireAlias)
+
 	// Boxes: device identity (firmware/devices). A box signs every request
 	// with its device key; provisioning is rate-limited like sign-in.
 	dev := devices.NewHandlers(a.devices)
@@ -98,6 +140,20 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	boxAuth := a.authenticateBox
 	boxAPI.Post("/provision", signin, dev.Provision)
 	boxAPI.Get("/me", boxAuth, dev.Whoami)
+	cmds := commands.NewHandlers(a.commands, a.hub, a.scope)
+	v1.Post("/boxes/:id/bins/:n/release", auth, idem, staff, cmds.Release)
+	boxAPI.Get("/commands", a.authenticateBoxBriefly, cmds.Poll)
+	boxAPI.Post("/commands/:id/ack", boxAuth, cmds.Ack)
+	xch := exchange.NewHandlers(a.exchange, a.scope)
+	boxAPI.Post("/pickups", boxAuth, xch.Pickup)
+	boxAPI.Post("/pickups/verify", boxAuth, xch.Verify)
+	boxAPI.Post("/dropoffs", boxAuth, xch.Dropoff)
+	boxAPI.Post("/events", boxAuth, xch.Events)
+	boxAPI.Post("/heartbeat", boxAuth, a.health.HeartbeatHandler)
+
+	// The visitor's booking page: the URL's token is the credential; a
+	// pickup from it needs the code on the box's screen.
+	app.Post("/b/:token/open", signin, xch.OpenFromPage)
 
 	// Platform operator
 	queues := a.queueDashboard()

@@ -4,7 +4,12 @@
 --
 -- Boxes and keys are archived (deleted_at), not deleted: bookings, audit
 -- entries and the key data sheet of past months still name them. Their
--- uniqueness rules apply to the live ones only.
+-- uniqueness rules apply to the live ones only. Locations are deleted, and
+-- only once no live box is in them and no user is limited to them.
+--
+-- Lists are served newest first by id (UUIDv7) from tenant_id-leading
+-- indexes: the primary keys, and the partial indexes below for the filters
+-- a limited staff user or a dashboard applies.
 
 -- +goose Up
 CREATE TABLE locations (
@@ -19,15 +24,18 @@ CREATE TABLE locations (
 );
 
 -- A staff user with rows here sees only those locations' boxes, keys and
--- bookings; a user with none is not limited.
+-- bookings; a user with none is not limited. Deleting a location must not
+-- cascade here: a user limited to that location alone would lose the
+-- limit and see every location.
 CREATE TABLE user_locations (
     tenant_id   uuid NOT NULL,
     user_id     uuid NOT NULL,
     location_id uuid NOT NULL,
     PRIMARY KEY (tenant_id, user_id, location_id),
     FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id) ON DELETE CASCADE,
-    FOREIGN KEY (tenant_id, location_id) REFERENCES locations (tenant_id, id) ON DELETE CASCADE
+    FOREIGN KEY (tenant_id, location_id) REFERENCES locations (tenant_id, id)
 );
+CREATE INDEX user_locations_location ON user_locations (tenant_id, location_id);
 
 CREATE TABLE boxes (
     tenant_id   uuid NOT NULL REFERENCES tenants (tenant_id) ON DELETE CASCADE,
@@ -47,7 +55,7 @@ CREATE TABLE boxes (
     FOREIGN KEY (tenant_id, location_id) REFERENCES locations (tenant_id, id),
     CHECK ((latitude IS NULL) = (longitude IS NULL))
 );
-CREATE INDEX boxes_location ON boxes (tenant_id, location_id) WHERE deleted_at IS NULL;
+CREATE INDEX boxes_location ON boxes (tenant_id, location_id, id) WHERE deleted_at IS NULL;
 
 -- A key's home is a bin of a box. Where it is now: in a bin (box_id and bin
 -- of that bin, not necessarily its home: a visitor may drop it off at any
@@ -63,6 +71,7 @@ CREATE TABLE keys (
     state          text NOT NULL DEFAULT 'in_bin' CHECK (state IN ('in_bin', 'out')),
     box_id         uuid,
     bin            integer CHECK (bin >= 1),
+    -- The booking that took the key out; NULL when staff took it.
     out_access_id  uuid,
     out_since      timestamptz,
     -- When the access that took the key ends (NULL: ongoing access), kept
@@ -76,13 +85,14 @@ CREATE TABLE keys (
     FOREIGN KEY (tenant_id, home_box_id) REFERENCES boxes (tenant_id, id),
     FOREIGN KEY (tenant_id, box_id) REFERENCES boxes (tenant_id, id),
     CHECK (state <> 'in_bin' OR (box_id IS NOT NULL AND bin IS NOT NULL AND out_since IS NULL)),
-    CHECK (state <> 'out' OR (box_id IS NULL AND bin IS NULL AND out_since IS NOT NULL AND out_access_id IS NOT NULL))
+    CHECK (state <> 'out' OR (box_id IS NULL AND bin IS NULL AND out_since IS NOT NULL))
 );
 CREATE UNIQUE INDEX keys_fob_serial ON keys (tenant_id, fob_serial) WHERE deleted_at IS NULL;
 -- One live key per home bin, and one key in a bin at a time.
 CREATE UNIQUE INDEX keys_home_bin ON keys (tenant_id, home_box_id, home_bin) WHERE deleted_at IS NULL;
 CREATE UNIQUE INDEX keys_in_bin ON keys (tenant_id, box_id, bin) WHERE deleted_at IS NULL AND state = 'in_bin';
-CREATE INDEX keys_box ON keys (tenant_id, box_id) WHERE deleted_at IS NULL;
+-- The keys out with visitors (the "out" and "overdue" lists): few among many.
+CREATE INDEX keys_out ON keys (tenant_id, id) WHERE deleted_at IS NULL AND state = 'out';
 
 -- +goose StatementBegin
 DO $$

@@ -59,6 +59,9 @@ var secretColumns = [][2]string{
 	{"outbox", "payload"}, {"outbox", "recipient"},
 	{"users", "totp_secret"}, {"users", "pin_hash"}, {"login_challenges", "code_hash"}, {"login_challenges", "token_hash"},
 	{"recovery_codes", "code_hash"}, {"tenant_providers", "settings"},
+	{"box_credentials", "secret_sealed"}, {"box_provisioning_tokens", "token_hash"},
+	{"pickup_challenges", "code_hash"}, {"codes", "code_hash"}, {"codes", "code_sealed"},
+	{"bookings", "url_token_hash"}, {"bookings", "url_token_sealed"}, {"bookings", "visitor_phone"}, {"bookings", "visitor_email"},
 }
 
 // securityDefiners are the SECURITY DEFINER functions allowed in schema

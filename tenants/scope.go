@@ -32,6 +32,7 @@ type txKey struct{}
 type scopedTx struct {
 	tenantID uuid.UUID
 	tx       *gorm.DB
+	after    *[]func() // run once the transaction has committed
 }
 
 // Begin opens a transaction for tenantID. The caller must Commit or Rollback
@@ -53,7 +54,35 @@ func (s *Scope) Begin(ctx context.Context, tenantID uuid.UUID) (*gorm.DB, error)
 
 // WithTx returns a context in which Tx finds tx, opened for tenantID.
 func WithTx(ctx context.Context, tenantID uuid.UUID, tx *gorm.DB) context.Context {
-	return context.WithValue(ctx, txKey{}, scopedTx{tenantID: tenantID, tx: tx})
+	return context.WithValue(ctx, txKey{}, scopedTx{tenantID: tenantID, tx: tx, after: &[]func(){}})
+}
+
+// AfterCommit runs fn once ctx's transaction has committed, and never if it
+// rolls back: for telling others about a change (waking a box that waits
+// for commands) only when the change is there to be read. Without a
+// transaction in ctx fn runs at once.
+func AfterCommit(ctx context.Context, fn func()) {
+	st, ok := ctx.Value(txKey{}).(scopedTx)
+	if !ok || st.after == nil {
+		fn()
+		return
+	}
+	*st.after = append(*st.after, fn)
+}
+
+// Committed runs the AfterCommit functions of ctx's transaction. Whoever
+// commits the transaction calls it (Do, and the HTTP layer's request
+// transaction).
+func Committed(ctx context.Context) {
+	st, ok := ctx.Value(txKey{}).(scopedTx)
+	if !ok || st.after == nil {
+		return
+	}
+	fns := *st.after
+	*st.after = nil
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 // Tx returns the tenant-scoped transaction of ctx. Domain stores call it for
@@ -96,12 +125,14 @@ func (s *Scope) Do(ctx context.Context, tenantID uuid.UUID, fn func(ctx context.
 			tx.Rollback()
 		}
 	}()
-	if err = fn(WithTx(ctx, tenantID, tx)); err != nil {
+	txCtx := WithTx(ctx, tenantID, tx)
+	if err = fn(txCtx); err != nil {
 		return err
 	}
 	if err = tx.Commit().Error; err != nil {
 		return fmt.Errorf("tenants: commit: %w", err)
 	}
 	committed = true
+	Committed(txCtx)
 	return nil
 }

@@ -709,3 +709,36 @@ func TestDo(t *testing.T) {
 		}
 	})
 }
+
+// AfterCommit functions run after a commit, once, and never after a
+// rollback; a nested Do hands them to the outer transaction.
+func TestAfterCommit(t *testing.T) {
+	_, scope := openApp(t, 2)
+	ctx := context.Background()
+	tenant := uuid.New()
+	var ran []string
+	err := scope.Do(ctx, tenant, func(ctx context.Context) error {
+		tenants.AfterCommit(ctx, func() { ran = append(ran, "outer") })
+		return scope.Do(ctx, tenant, func(ctx context.Context) error {
+			tenants.AfterCommit(ctx, func() { ran = append(ran, "inner") })
+			if len(ran) != 0 {
+				t.Error("a function ran before the commit")
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ran, []string{"outer", "inner"}) {
+		t.Fatalf("ran %v, want [outer inner] once each", ran)
+	}
+	ran = nil
+	err = scope.Do(ctx, tenant, func(ctx context.Context) error {
+		tenants.AfterCommit(ctx, func() { ran = append(ran, "rolled back") })
+		return errors.New("refused")
+	})
+	if err == nil || len(ran) != 0 {
+		t.Fatalf("after a rollback: err %v, ran %v", err, ran)
+	}
+}

@@ -5,9 +5,9 @@
 // # Why signed requests
 //
 // The box generates an ed25519 key pair and registers only the public key.
-// Every request carries the credential id, the box's time and a signature
-// over the method, the path with its query, that time and the SHA-256 of
-// the body. Nothing the server stores, logs or backs up lets anyone act as
+// Every request carries the credential id, the box's time, a random nonce
+// and a signature over the method, the path with its query, that time, the
+// nonce and the SHA-256 of the body. Nothing the server stores, logs or backs up lets anyone act as
 // the box (a bearer token would), a captured request cannot be altered, and
 // the same key signs the offline journal (OFFLINE.md, R6). A replayed
 // request is refused twice over: its time must be within MaxSkew of the
@@ -46,6 +46,10 @@ const (
 	HeaderCredential = "X-Keyrelay-Box"
 	HeaderTime       = "X-Keyrelay-Time"
 	HeaderSignature  = "X-Keyrelay-Signature"
+	// HeaderNonce makes two identical requests in the same second two
+	// different signed messages, so refusing a replayed one never refuses
+	// a genuine repeat.
+	HeaderNonce = "X-Keyrelay-Nonce"
 )
 
 const (
@@ -314,13 +318,14 @@ type SignedRequest struct {
 	Credential string // HeaderCredential
 	Time       string // HeaderTime, Unix seconds
 	Signature  string // HeaderSignature, base64
+	Nonce      string // HeaderNonce, 16 to 64 characters
 	Method     string
 	Path       string // with the query string, as sent
 	Body       []byte
 }
 
 // Canonical is the exact byte string a box signs.
-func Canonical(method, path, unixTime string, body []byte) []byte {
+func Canonical(method, path, unixTime, nonce string, body []byte) []byte {
 	sum := sha256.Sum256(body)
 	var b bytes.Buffer
 	b.WriteString("keyrelay-box-v1\n")
@@ -330,6 +335,8 @@ func Canonical(method, path, unixTime string, body []byte) []byte {
 	b.WriteByte('\n')
 	b.WriteString(unixTime)
 	b.WriteByte('\n')
+	b.WriteString(nonce)
+	b.WriteByte('\n')
 	b.WriteString(hex.EncodeToString(sum[:]))
 	return b.Bytes()
 }
@@ -338,8 +345,11 @@ func Canonical(method, path, unixTime string, body []byte) []byte {
 // the reference box does for every call.
 func Sign(key ed25519.PrivateKey, credentialID, method, path string, body []byte, at time.Time) map[string]string {
 	ts := strconv.FormatInt(at.Unix(), 10)
-	sig := ed25519.Sign(key, Canonical(method, path, ts, body))
-	return map[string]string{HeaderCredential: credentialID, HeaderTime: ts, HeaderSignature: base64.StdEncoding.EncodeToString(sig)}
+	var n [16]byte
+	rand.Read(n[:])
+	nonce := hex.EncodeToString(n[:])
+	sig := ed25519.Sign(key, Canonical(method, path, ts, nonce, body))
+	return map[string]string{HeaderCredential: credentialID, HeaderTime: ts, HeaderNonce: nonce, HeaderSignature: base64.StdEncoding.EncodeToString(sig)}
 }
 
 // ClockSkewError refuses a request whose time is too far from the server's;
@@ -368,7 +378,7 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 		return tenants.Principal{}, &tenants.Error{Code: tenants.EUnauthorized, Message: (&ClockSkewError{ServerTime: now}).Error(), Err: &ClockSkewError{ServerTime: now}}
 	}
 	sig, err := base64.StdEncoding.DecodeString(r.Signature)
-	if err != nil || len(sig) != ed25519.SignatureSize {
+	if err != nil || len(sig) != ed25519.SignatureSize || len(r.Nonce) < 16 || len(r.Nonce) > 64 {
 		return tenants.Principal{}, errBadSignature
 	}
 	tx, err := tenants.Tx(ctx)
@@ -382,14 +392,14 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 		}
 		return tenants.Principal{}, fmt.Errorf("devices: load credential: %w", err)
 	}
-	if !ed25519.Verify(c.PublicKey, Canonical(r.Method, r.Path, r.Time, r.Body), sig) {
+	if !ed25519.Verify(c.PublicKey, Canonical(r.Method, r.Path, r.Time, r.Nonce, r.Body), sig) {
 		return tenants.Principal{}, errBadSignature
 	}
 	if r.Method != "GET" && r.Method != "HEAD" {
 		// A mutating request is accepted once: a replay within the skew
 		// window would otherwise open a bin twice.
-		sum := sha256.Sum256(sig)
-		first, err := s.seen.SetNX(ctx, s.prefix+"boxsig:"+hex.EncodeToString(sum[:16]), 1, 2*MaxSkew+time.Minute).Result()
+		sum := sha256.Sum256([]byte(r.Credential + "\n" + r.Nonce))
+		first, err := s.seen.SetNX(ctx, s.prefix+"boxnonce:"+hex.EncodeToString(sum[:16]), 1, 2*MaxSkew+time.Minute).Result()
 		if err != nil {
 			return tenants.Principal{}, tenants.Errorf(tenants.EUnavailable, "replay check unavailable: %v", err)
 		}

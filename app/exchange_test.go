@@ -1,0 +1,410 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/firmware/box"
+	"github.com/keyrelay/keyrelay/firmware/boxkeys"
+	"github.com/keyrelay/keyrelay/firmware/commands"
+	"github.com/keyrelay/keyrelay/tenants/exchange"
+)
+
+// site is a tenant with a provisioned box holding keys, built through the
+// API as a tenant would.
+type site struct {
+	s     *server
+	f     tenantFixture
+	boxID string
+	box   *box.Client
+	keys  map[int]string // bin → key id
+	fobs  map[int]string // bin → fob serial
+}
+
+func (s *server) newSite(t *testing.T, f tenantFixture, bins ...int) *site {
+	t.Helper()
+	b := f.Owner.expect(t, 201, "POST", "/api/v1/boxes", map[string]any{"name": "Front desk " + uuid.NewString()[:6], "model": "MS5", "timezone": "Europe/Paris", "bins": 12}).JSON(t)
+	st := &site{s: s, f: f, boxID: b["id"].(string), keys: map[int]string{}, fobs: map[int]string{}}
+	for _, n := range bins {
+		fob := "FOB-" + uuid.NewString()[:8]
+		k := f.Owner.expect(t, 201, "POST", "/api/v1/keys", map[string]any{"name": fmt.Sprintf("Car %d", n), "fob_serial": fob, "box_id": st.boxID, "bin": n}).JSON(t)
+		st.keys[n], st.fobs[n] = k["id"].(string), fob
+	}
+	st.box = s.provisionBox(t, f, uuid.MustParse(st.boxID))
+	return st
+}
+
+// book creates a one-time booking of the key in bin n, from start to end
+// relative to now, and returns its id and code.
+func (st *site) book(t *testing.T, n int, start, end time.Duration, extra ...map[string]any) (string, string) {
+	t.Helper()
+	now := time.Now().UTC()
+	in := map[string]any{"key_id": st.keys[n], "kind": "one_time", "visitor": map[string]any{"name": "Vic Visitor", "phone": "+14155550199", "email": "vic@example.com"},
+		"starts_at": now.Add(start).Format(time.RFC3339), "ends_at": now.Add(end).Format(time.RFC3339), "return_reminder": false, "notify_via": "sms"}
+	for _, e := range extra {
+		for k, v := range e {
+			in[k] = v
+		}
+	}
+	m := st.f.Owner.expect(t, 201, "POST", "/api/v1/bookings", in).JSON(t)
+	return m["id"].(string), m["code"].(string)
+}
+
+func (st *site) call(t *testing.T, path string, body any) exchange.Result {
+	t.Helper()
+	var r exchange.Result
+	if err := st.box.Call(context.Background(), 200, "POST", path, body, &r); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return r
+}
+
+func (st *site) events(t *testing.T, evs ...exchange.Event) exchange.Recorded {
+	t.Helper()
+	var r exchange.Recorded
+	if err := st.box.Call(context.Background(), 200, "POST", "/box/v1/events", exchange.EventsInput{Events: evs}, &r); err != nil {
+		t.Fatalf("events: %v", err)
+	}
+	return r
+}
+
+func (st *site) keyState(t *testing.T, n int) map[string]any {
+	t.Helper()
+	return st.f.Owner.expect(t, 200, "GET", "/api/v1/keys/"+st.keys[n], nil).JSON(t)["whereabouts"].(map[string]any)
+}
+
+func wantOpen(t *testing.T, r exchange.Result, bin int) {
+	t.Helper()
+	if r.Result != "open" || r.Bin == nil || *r.Bin != bin {
+		t.Fatalf("result %+v, want open bin %d", r, bin)
+	}
+}
+
+func wantDenied(t *testing.T, r exchange.Result, reason string) {
+	t.Helper()
+	if r.Result != "denied" || r.Reason != reason || r.Message == "" {
+		t.Fatalf("result %+v, want denied %s with a message", r, reason)
+	}
+}
+
+func fob(s string) *string { return &s }
+
+func TestPickupWithCode(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 2, 3)
+	bookingID, code := st.book(t, 2, -time.Minute, time.Hour)
+
+	r := st.call(t, "/box/v1/pickups", map[string]any{"code": code})
+	wantOpen(t, r, 2)
+	if r.AccessID == nil || r.AccessID.String() != bookingID || r.KeyID.String() != st.keys[2] {
+		t.Fatalf("open %+v, want access %s key %s", r, bookingID, st.keys[2])
+	}
+	// The box reports the key taken: the key is out with this access.
+	st.events(t, exchange.Event{Type: "bin_opened", Bin: 2}, exchange.Event{Type: "key_taken", Bin: 2, AccessID: r.AccessID}, exchange.Event{Type: "bin_closed", Bin: 2})
+	w := st.keyState(t, 2)
+	if w["state"] != "out" || w["access_id"] != bookingID {
+		t.Fatalf("whereabouts %v, want out with %s", w, bookingID)
+	}
+	// Picked up already: the code finds the key gone.
+	wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": code}), exchange.KeyNotHere)
+
+	// Dropoff after the access ended is accepted, into the home bin.
+	ownerExec(t, `UPDATE bookings SET starts_at = now() - interval '2 hours', live_from = now() - interval '2 hours', ends_at = now() - interval '1 minute' WHERE id = $1`, bookingID)
+	wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": code}), exchange.Ended)
+	d := st.call(t, "/box/v1/dropoffs", map[string]any{"code": code})
+	wantOpen(t, d, 2)
+	st.events(t, exchange.Event{Type: "bin_closed", Bin: 2, FobSerial: fob(st.fobs[2])})
+	if w := st.keyState(t, 2); w["state"] != "in_bin" || w["bin"] != float64(2) {
+		t.Fatalf("after dropoff: %v", w)
+	}
+	audit := f.Owner.expect(t, 200, "GET", "/api/v1/audit?action=key.returned", nil).JSON(t)["items"].([]any)
+	if len(audit) != 1 {
+		t.Errorf("key.returned audit entries: %v", audit)
+	}
+	opened := f.Owner.expect(t, 200, "GET", "/api/v1/audit?action=pickup.opened", nil).JSON(t)["items"].([]any)
+	if len(opened) != 1 {
+		t.Fatalf("pickup.opened entries: %v", opened)
+	}
+	det := opened[0].(map[string]any)["details"].(map[string]any)
+	if det["bin"] != "2" || det["booking"] != bookingID || det["method"] != "code" || det["key"] != st.keys[2] {
+		t.Errorf("audit details %v: want who, which key, which bin, how", det)
+	}
+
+	t.Run("Denials", func(t *testing.T) {
+		_, future := st.book(t, 3, time.Hour, 2*time.Hour)
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": future}), exchange.NotStarted)
+		revokedID, revoked := st.book(t, 3, 3*time.Hour, 4*time.Hour)
+		f.Owner.expect(t, 200, "POST", "/api/v1/bookings/"+revokedID+"/revoke", nil)
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": revoked}), exchange.Revoked)
+		_, held := st.book(t, 3, 5*time.Hour, 6*time.Hour, map[string]any{"hold": true})
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": held}), exchange.OnHold)
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": "0000000000"}), exchange.UnknownCode)
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": "not digits"}), exchange.UnknownCode)
+		if err := st.box.Call(context.Background(), 422, "POST", "/box/v1/pickups", map[string]any{}, nil); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Run("WrongBox", func(t *testing.T) {
+		other := s.newSite(t, f, 5)
+		_, code := other.book(t, 5, -time.Minute, time.Hour)
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": code}), exchange.WrongBox)
+		wantOpen(t, other.call(t, "/box/v1/pickups", map[string]any{"code": code}), 5)
+	})
+	t.Run("OtherTenantsCode", func(t *testing.T) {
+		g := s.signup(t)
+		theirs := s.newSite(t, g, 4)
+		mine := s.newSite(t, f, 6)
+		_, code := mine.book(t, 6, -time.Minute, time.Hour)
+		wantOpen(t, mine.call(t, "/box/v1/pickups", map[string]any{"code": code}), 6)
+		wantDenied(t, theirs.call(t, "/box/v1/pickups", map[string]any{"code": code}), exchange.UnknownCode)
+	})
+}
+
+func TestBoxCooldown(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 1)
+	for i := range 20 {
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": fmt.Sprintf("%010d", i)}), exchange.UnknownCode)
+	}
+	status, body, err := st.box.Request(context.Background(), "POST", "/box/v1/pickups", map[string]any{"code": "1234567890"})
+	if err != nil || status != 429 {
+		t.Fatalf("21st failure: %d %s %v, want 429", status, body, err)
+	}
+	alerts := 0
+	for _, m := range s.outboxOf(t, f.ID) {
+		if m.Kind == "box_cooldown" {
+			alerts++
+		}
+	}
+	if alerts != 1 {
+		t.Errorf("%d cool-down alerts, want 1 (to the owner, once)", alerts)
+	}
+}
+
+// exchangeCode is the newest pickup code sent to recipient.
+func (s *server) exchangeCode(t *testing.T, tenantID uuid.UUID, recipient string) string {
+	t.Helper()
+	for _, m := range s.outboxOf(t, tenantID) {
+		if m.Kind == "exchange_code" && m.Recipient == recipient {
+			return m.Data["code"]
+		}
+	}
+	t.Fatalf("no pickup code sent to %s", recipient)
+	return ""
+}
+
+func TestPickupWithPhone(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 1, 2, 3)
+	const visitor = "+14155550199"
+	b1, _ := st.book(t, 1, -time.Minute, time.Hour)
+	b2, _ := st.book(t, 2, -time.Minute, time.Hour)
+
+	t.Run("SMSCode", func(t *testing.T) {
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": visitor})
+		if r.Result != "challenge" || r.Channel != "sms" || r.ChallengeID == nil || len(r.Accesses) != 2 {
+			t.Fatalf("result %+v, want an SMS challenge listing both keys", r)
+		}
+		code := s.exchangeCode(t, f.ID, visitor)
+		wrong := fmt.Sprintf("%06d", (atoi(code)+1)%1_000_000)
+		wantDenied(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "code": wrong, "key_id": st.keys[2]}), exchange.WrongCode)
+		// Several keys: the box must say which.
+		if err := st.box.Call(context.Background(), 422, "POST", "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "code": code}, nil); err != nil {
+			t.Fatal(err)
+		}
+		open := st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "code": code, "key_id": st.keys[2]})
+		wantOpen(t, open, 2)
+		if open.AccessID.String() != b2 {
+			t.Errorf("access %v, want %s", open.AccessID, b2)
+		}
+		// Single use.
+		wantDenied(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "code": code, "key_id": st.keys[1]}), exchange.Expired)
+	})
+	t.Run("ErrUnknownPhone", func(t *testing.T) {
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"phone": "+14155550777"}), exchange.NoAccess)
+		if err := st.box.Call(context.Background(), 422, "POST", "/box/v1/pickups", map[string]any{"phone": "555-0199"}, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("Email", func(t *testing.T) {
+		f.Owner.expect(t, 200, "PUT", "/api/v1/security", map[string]any{"owner_pickups_2fa": true, "visitor_pickups": "email"})
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": visitor})
+		if r.Result != "challenge" || r.Channel != "email" {
+			t.Fatalf("result %+v, want an email challenge", r)
+		}
+		code := s.exchangeCode(t, f.ID, "vic@example.com")
+		wantOpen(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "code": code, "key_id": st.keys[1]}), 1)
+		_ = b1
+	})
+	t.Run("PIN", func(t *testing.T) {
+		f.Owner.expect(t, 200, "PUT", "/api/v1/security", map[string]any{"owner_pickups_2fa": true, "visitor_pickups": "pin"})
+		// No PIN set for this number yet.
+		wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"phone": visitor}), exchange.NoPIN)
+		email := "vic-" + uuid.NewString()[:6] + "@example.com"
+		f.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Vic", "email": email, "phone": visitor, "role": "visitor"})
+		s.client().expect(t, 204, "POST", "/api/v1/auth/password/reset", map[string]any{"token": s.resetToken(t, f.ID, email), "new_password": "visitor-pass-42"})
+		vic := s.login(t, email, "visitor-pass-42")
+		vic.expect(t, 204, "PUT", "/api/v1/me/pin", map[string]any{"pin": "4821"})
+
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": visitor})
+		if r.Result != "pin_required" || r.ChallengeID == nil {
+			t.Fatalf("result %+v, want pin_required", r)
+		}
+		wantDenied(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "pin": "1111", "key_id": st.keys[1]}), exchange.WrongPIN)
+		if err := st.box.Call(context.Background(), 422, "POST", "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "pin": "12a4", "key_id": st.keys[1]}, nil); err != nil {
+			t.Fatal(err)
+		}
+		wantOpen(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "pin": "4821", "key_id": st.keys[1]}), 1)
+	})
+	t.Run("Owner2FAOn", func(t *testing.T) {
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": "+14155550100"}) // the owner's number
+		if r.Result != "challenge" || r.Channel != "sms" || len(r.Accesses) != 3 {
+			t.Fatalf("result %+v, want an SMS challenge over every key in the box", r)
+		}
+		code := s.exchangeCode(t, f.ID, "+14155550100")
+		wantOpen(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "code": code, "key_id": st.keys[3]}), 3)
+	})
+	t.Run("Owner2FAOff", func(t *testing.T) {
+		f.Owner.expect(t, 200, "PUT", "/api/v1/security", map[string]any{"owner_pickups_2fa": false, "visitor_pickups": "sms"})
+		sent := len(s.outboxOf(t, f.ID))
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": "+14155550100"})
+		if r.Result != "choose" || len(r.Accesses) != 3 {
+			t.Fatalf("result %+v, want a choice without a code", r)
+		}
+		if len(s.outboxOf(t, f.ID)) != sent {
+			t.Error("a code was sent with owner pickups 2FA off")
+		}
+		wantOpen(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "key_id": st.keys[1]}), 1)
+	})
+}
+
+func atoi(s string) int {
+	n := 0
+	fmt.Sscanf(s, "%d", &n)
+	return n
+}
+
+func TestInventoryReconciled(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 1, 2)
+	// Key 2's fob turns up in bin 5, and bin 2 is found empty.
+	r := st.events(t, exchange.Event{Type: "bin_closed", Bin: 5, FobSerial: fob(st.fobs[2])})
+	if len(r.Flags) != 1 || r.Flags[0].Kind != "wrong_bin" {
+		t.Fatalf("flags %+v, want wrong_bin", r.Flags)
+	}
+	if w := st.keyState(t, 2); w["state"] != "in_bin" || w["bin"] != float64(5) {
+		t.Errorf("key 2 whereabouts %v, want moved to bin 5", w)
+	}
+	r = st.events(t, exchange.Event{Type: "bin_closed", Bin: 7, FobSerial: fob("STRANGER-1")})
+	if len(r.Flags) != 1 || r.Flags[0].Kind != "unknown_fob" {
+		t.Fatalf("flags %+v, want unknown_fob", r.Flags)
+	}
+	r = st.events(t, exchange.Event{Type: "bin_closed", Bin: 1})
+	if len(r.Flags) != 1 || r.Flags[0].Kind != "missing_key" {
+		t.Fatalf("flags %+v, want missing_key", r.Flags)
+	}
+	if w := st.keyState(t, 1); w["state"] != "missing" {
+		t.Errorf("key 1 whereabouts %v, want missing", w)
+	}
+	if items := f.Owner.expect(t, 200, "GET", "/api/v1/keys?state=missing", nil).JSON(t)["items"].([]any); len(items) != 1 || items[0].(map[string]any)["id"] != st.keys[1] {
+		t.Errorf("missing keys: %v", items)
+	}
+	alerts := 0
+	for _, m := range s.outboxOf(t, f.ID) {
+		if m.Kind == "inventory_flag" {
+			alerts++
+		}
+	}
+	if alerts != 3 {
+		t.Errorf("%d inventory alerts, want 3", alerts)
+	}
+	// A bin out of range or an unknown event type is refused whole.
+	if err := st.box.Call(context.Background(), 422, "POST", "/box/v1/events", exchange.EventsInput{Events: []exchange.Event{{Type: "bin_closed", Bin: 13}}}, nil); err != nil {
+		t.Error(err)
+	}
+	if err := st.box.Call(context.Background(), 422, "POST", "/box/v1/events", exchange.EventsInput{Events: []exchange.Event{{Type: "exploded", Bin: 1}}}, nil); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestPickupWithBookingURL(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 4)
+	now := time.Now().UTC()
+	m := f.Owner.expect(t, 201, "POST", "/api/v1/bookings", map[string]any{"key_id": st.keys[4], "kind": "one_time",
+		"visitor": map[string]any{"name": "Vic", "phone": "+14155550199"}, "starts_at": now.Add(-time.Minute).Format(time.RFC3339),
+		"ends_at": now.Add(time.Hour).Format(time.RFC3339), "return_reminder": false, "notify_via": "sms"}).JSON(t)
+	bookingID := m["id"].(string)
+	token := m["url"].(string)[len(s.app.cfg.BaseURL+"/b/"):]
+	ctx := context.Background()
+	if err := st.box.Call(ctx, 200, "GET", "/box/v1/me", nil, nil); err != nil { // the box is online
+		t.Fatal(err)
+	}
+	boxID := uuid.MustParse(st.boxID)
+	visitor := s.client()
+	open := func(code string) exchange.Result {
+		t.Helper()
+		var r exchange.Result
+		if err := json.Unmarshal(visitor.expect(t, 200, "POST", "/b/"+token+"/open", map[string]any{"screen_code": code}).Body, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	screen := func(at time.Time) string {
+		code, err := boxkeys.ScreenCode(st.box.ID.Secret, boxID, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code
+	}
+
+	t.Run("ErrWrongOrStaleScreenCode", func(t *testing.T) {
+		current := screen(time.Now())
+		wrong := fmt.Sprintf("%06d", (atoi(current)+1)%1_000_000)
+		wantDenied(t, open(wrong), exchange.WrongScreen)
+		stale := screen(time.Now().Add(-2 * boxkeys.ScreenStep))
+		if stale != current {
+			wantDenied(t, open(stale), exchange.WrongScreen)
+		}
+		problemOf(t, visitor.do(t, "POST", "/b/"+token+"/open", map[string]any{"screen_code": "12ab56"}), 422)
+		problemOf(t, visitor.do(t, "POST", "/b/not-a-token/open", map[string]any{"screen_code": current}), 404)
+	})
+
+	waiting := poll(st.box, 20)
+	time.Sleep(100 * time.Millisecond)
+	r := open(screen(time.Now()))
+	wantOpen(t, r, 4)
+	l := <-waiting
+	if len(l.Commands) != 1 {
+		t.Fatalf("the box got %+v, want one open-bin command", l.Commands)
+	}
+	var p commands.OpenBinPayload
+	json.Unmarshal(l.Commands[0].Payload, &p)
+	if p.Bin != 4 || p.AccessID == nil || p.AccessID.String() != bookingID || p.Reason != "booking_url" {
+		t.Fatalf("payload %s", l.Commands[0].Payload)
+	}
+	// The box opens, acknowledges and reports the key taken.
+	if err := st.box.Call(ctx, 204, "POST", "/box/v1/commands/"+l.Commands[0].ID.String()+"/ack", map[string]any{"result": "done"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st.events(t, exchange.Event{Type: "key_taken", Bin: 4, AccessID: p.AccessID}, exchange.Event{Type: "bin_closed", Bin: 4})
+	if w := st.keyState(t, 4); w["state"] != "out" {
+		t.Errorf("whereabouts %v after a booking-URL pickup", w)
+	}
+
+	t.Run("BoxOffline", func(t *testing.T) {
+		st.events(t, exchange.Event{Type: "bin_closed", Bin: 4, FobSerial: fob(st.fobs[4])}) // back in
+		ownerExec(t, `UPDATE box_credentials SET last_seen_at = now() - interval '10 minutes' WHERE box_id = $1`, boxID)
+		wantDenied(t, open(screen(time.Now())), exchange.BoxOffline)
+	})
+}

@@ -1,0 +1,298 @@
+package bookings
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/outbox"
+)
+
+// NewBookingInput is what a desk or an integration gives to grant access.
+// Times are RFC 3339 strings, parsed here so that a bad one is reported on
+// its field (422) rather than as an unreadable body.
+type NewBookingInput struct {
+	KeyID          string         `json:"key_id"`
+	Kind           Kind           `json:"kind"`
+	Visitor        *Visitor       `json:"visitor"`
+	StartsAt       *string        `json:"starts_at"`
+	EndsAt         *string        `json:"ends_at"`
+	ReturnReminder *bool          `json:"return_reminder"`
+	NotifyVia      outbox.Channel `json:"notify_via"`
+	AliasCodeID    *string        `json:"alias_code_id"`
+	Hold           *bool          `json:"hold"`
+}
+
+// newBooking is a validated NewBookingInput.
+type newBooking struct {
+	keyID    uuid.UUID
+	aliasID  uuid.UUID
+	visitor  Visitor
+	start    time.Time
+	end      *time.Time
+	reminder bool
+	hold     bool
+}
+
+func (in NewBookingInput) validate(now time.Time) (newBooking, error) {
+	var v tenants.Validator
+	var nb newBooking
+	id, err := uuid.Parse(in.KeyID)
+	v.Check(err == nil && id != uuid.Nil, "key_id", "is required: the id of one of the tenant's keys")
+	nb.keyID = id
+	v.Check(in.Kind == OneTime || in.Kind == Ongoing, "kind", "must be one_time or ongoing")
+	if in.Visitor == nil {
+		v.Add("visitor", "is required: {name, phone, email}")
+		checkChannel(&v, in.NotifyVia)
+	} else {
+		nb.visitor = *in.Visitor
+		nb.visitor.validate(&v, in.NotifyVia)
+	}
+	if in.StartsAt == nil {
+		v.Add("starts_at", "is required")
+	} else if t := parseTime(&v, "starts_at", in.StartsAt); t != nil {
+		nb.start = *t
+	}
+	nb.end = parseTime(&v, "ends_at", in.EndsAt)
+	nb.reminder = in.Kind == OneTime
+	if in.ReturnReminder != nil {
+		nb.reminder = *in.ReturnReminder
+	}
+	switch in.Kind {
+	case OneTime:
+		if in.EndsAt == nil {
+			v.Add("ends_at", "is required for a one-time booking")
+		}
+		if nb.end != nil && !nb.start.IsZero() {
+			v.Check(nb.end.After(nb.start), "ends_at", "must be after starts_at")
+			v.Check(nb.end.After(now), "ends_at", "must be in the future")
+		}
+	case Ongoing:
+		v.Check(in.EndsAt == nil, "ends_at", "must be absent: ongoing access has no end")
+		v.Check(!nb.reminder, "return_reminder", "must be false: ongoing access has no end to remind of")
+	}
+	if in.AliasCodeID != nil {
+		id, err := uuid.Parse(*in.AliasCodeID)
+		v.Check(err == nil && id != uuid.Nil, "alias_code_id", "must be the id of one of the tenant's alias codes")
+		nb.aliasID = id
+	}
+	nb.hold = in.Hold != nil && *in.Hold
+	return nb, v.Err()
+}
+
+// overlapError is a one-time booking whose window overlaps a live one of the
+// same key: a conflict that names the booking in the way.
+type overlapError struct {
+	err *tenants.Error
+	id  uuid.UUID
+}
+
+func (e *overlapError) Error() string { return e.err.Error() }
+func (e *overlapError) Unwrap() error { return e.err }
+
+// ConflictingBookingID is the booking in the way; the HTTP layer adds it to
+// the problem document as conflicting_booking_id.
+func (e *overlapError) ConflictingBookingID() uuid.UUID { return e.id }
+
+func overlaps(id uuid.UUID) error {
+	return &overlapError{err: tenants.Errorf(tenants.EConflict, "the key is booked for part of this window by booking %s", id), id: id}
+}
+
+// Create grants access to a key. Unless the booking is held, the access
+// instructions go to the visitor (and the return reminder is scheduled) in
+// the same transaction; a held booking instead schedules a reminder to the
+// admins for when it starts.
+func (s *Service) Create(ctx context.Context, in NewBookingInput) (View, error) {
+	p, err := staff(ctx)
+	if err != nil {
+		return View{}, err
+	}
+	now := s.now()
+	nb, err := in.validate(now)
+	if err != nil {
+		return View{}, err
+	}
+	k, ok, err := liveKey(ctx, p, nb.keyID, true)
+	if err != nil {
+		return View{}, err
+	}
+	if !ok {
+		// A field of the body, not the resource addressed: 422, and the
+		// same answer for another tenant's key, another location's, an
+		// archived one and one that never existed.
+		return View{}, tenants.Invalid(tenants.FieldError{Field: "key_id", Message: "names no key you can book"})
+	}
+	tenantID := mustTenant(ctx)
+	b := Booking{TenantID: tenantID, ID: newID(), KeyID: k.ID, Kind: in.Kind, VisitorName: nb.visitor.Name,
+		VisitorPhone: nb.visitor.Phone, VisitorEmail: nb.visitor.Email, NotifyVia: in.NotifyVia, StartsAt: nb.start,
+		EndsAt: nb.end, LiveFrom: later(nb.start, now), ReturnReminder: nb.reminder, Hold: nb.hold,
+		CreatedBy: p.Actor(), CreatedAt: now, UpdatedAt: now}
+	if !b.Hold {
+		b.SentAt = &now
+	}
+
+	var code string
+	var alias *AliasCode
+	if nb.aliasID != uuid.Nil {
+		a, err := s.lockAliasForLink(ctx, p, nb.aliasID)
+		if err != nil {
+			return View{}, err
+		}
+		alias = &a
+		b.CodeID, b.AliasCodeID = a.CodeID, &a.ID
+	} else if b.CodeID, code, err = s.drawCode(ctx); err != nil {
+		return View{}, err
+	}
+	tok, hash, err := newURLToken(tenantID)
+	if err != nil {
+		return View{}, err
+	}
+	b.URLTokenHash = hash
+	if b.URLTokenSealed, err = s.keys.Seal([]byte(tok), urlSealContext(tenantID, b.ID)); err != nil {
+		return View{}, wrap("seal URL token", err)
+	}
+	if err := s.insert(ctx, b); err != nil {
+		return View{}, err
+	}
+	if alias != nil {
+		if err := linkAlias(ctx, alias.ID, b.ID); err != nil {
+			return View{}, err
+		}
+	}
+	if code == "" {
+		if code, err = s.openCode(ctx, b.CodeID); err != nil {
+			return View{}, err
+		}
+	}
+	url := s.cfg.BaseURL + "/b/" + tok
+	if !b.Hold {
+		if err := s.sendInstructions(ctx, b, k, code, url); err != nil {
+			return View{}, err
+		}
+	}
+	if err := s.scheduleReturnReminder(ctx, b, k); err != nil {
+		return View{}, err
+	}
+	if err := s.scheduleHeldReminders(ctx, b, k); err != nil {
+		return View{}, err
+	}
+	details := map[string]string{"key_id": k.ID.String(), "kind": string(b.Kind), "notify_via": string(b.NotifyVia), "hold": fmt.Sprint(b.Hold)}
+	if alias != nil {
+		details["alias_code_id"] = alias.ID.String()
+	}
+	if err := audit.Record(ctx, p.Actor(), "booking.created", "booking:"+b.ID.String(), details); err != nil {
+		return View{}, err
+	}
+	return s.view(b, k, code, url, now), nil
+}
+
+// insert writes b. The exclusion constraint bookings_no_overlap is the
+// judge of overlaps, so that two concurrent creates cannot both pass; the
+// query before it names the booking in the way. When a concurrent insert
+// wins the race, the statement fails inside a savepoint and the booking
+// that won is looked up after it.
+func (s *Service) insert(ctx context.Context, b Booking) error {
+	if b.Kind == OneTime {
+		if id, err := s.overlapping(ctx, b); err != nil || id != uuid.Nil {
+			if err == nil {
+				err = overlaps(id)
+			}
+			return err
+		}
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	if err := tx.Exec("SAVEPOINT booking_write").Error; err != nil {
+		return wrap("savepoint", err)
+	}
+	if err := tx.Create(&b).Error; err != nil {
+		if violates(err, "23P01", "bookings_no_overlap") {
+			return s.lostRace(ctx, b)
+		}
+		return wrap("insert booking", err)
+	}
+	return wrap0("release savepoint", tx.Exec("RELEASE SAVEPOINT booking_write").Error)
+}
+
+// lostRace rolls back to the savepoint after an overlap the pre-check
+// could not see (the other booking committed meanwhile) and names it.
+func (s *Service) lostRace(ctx context.Context, b Booking) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	if err := tx.Exec("ROLLBACK TO SAVEPOINT booking_write").Error; err != nil {
+		return wrap("rollback to savepoint", err)
+	}
+	id, err := s.overlapping(ctx, b)
+	if err != nil {
+		return err
+	}
+	if id == uuid.Nil {
+		return tenants.Errorf(tenants.EConflict, "the key was booked for part of this window meanwhile; try again")
+	}
+	return overlaps(id)
+}
+
+// overlapping returns a live one-time booking of b's key (not b) whose
+// window overlaps b's from now on, the condition the exclusion constraint
+// enforces; uuid.Nil when there is none.
+func (s *Service) overlapping(ctx context.Context, b Booking) (uuid.UUID, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	var ids []uuid.UUID
+	err = tx.Raw(`SELECT id FROM bookings
+		WHERE key_id = ? AND kind = 'one_time' AND revoked_at IS NULL AND id <> ?
+		  AND tstzrange(live_from, ends_at) && tstzrange(?, ?)
+		ORDER BY starts_at LIMIT 1`, b.KeyID, b.ID, b.LiveFrom, b.EndsAt).Scan(&ids).Error
+	if err != nil {
+		return uuid.Nil, wrap("check overlap", err)
+	}
+	if len(ids) == 0 {
+		return uuid.Nil, nil
+	}
+	return ids[0], nil
+}
+
+// sendInstructions queues the access instructions to the visitor by the
+// chosen channel.
+func (s *Service) sendInstructions(ctx context.Context, b Booking, k keyRef, code, url string) error {
+	company, err := tenantName(ctx)
+	if err != nil {
+		return err
+	}
+	loc := k.location()
+	data := map[string]string{"name": b.VisitorName, "company": company, "key": k.Name, "box": k.BoxName, "address": k.BoxAddress,
+		"starts_at": localTime(b.StartsAt, loc), "code": code, "url": url}
+	if b.EndsAt != nil {
+		data["ends_at"] = localTime(*b.EndsAt, loc)
+	}
+	_, err = s.msgs.Add(ctx, outbox.Message{Kind: kindInstructions, Channel: b.NotifyVia,
+		Recipient: recipient(b.VisitorPhone, b.VisitorEmail, b.NotifyVia), TimeZone: loc.String(), Data: data})
+	if err != nil {
+		return wrap("queue access instructions", err)
+	}
+	return nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func wrap0(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return wrap(what, err)
+}

@@ -1,0 +1,206 @@
+package bookings
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/outbox"
+)
+
+// Reminder kinds (outbox message kinds, and booking_reminders.kind).
+const (
+	kindInstructions = "access_instructions"
+	kindReturn       = "return_reminder"
+	kindHeld         = "held_booking_reminder"
+	kindAlias        = "alias_code"
+)
+
+// returnReminderAt is when the visitor is reminded to bring the key back:
+// at clock (09:00) on the day access ends, in the box's zone loc — the
+// visitor's day, not UTC's. When access ends before that time of day, an
+// hour before the end, but never before that local day begins; and never
+// before the access starts. A time already past means "now" to the outbox.
+func returnReminderAt(start, end time.Time, loc *time.Location, clock time.Duration) time.Time {
+	le := end.In(loc)
+	y, m, d := le.Date()
+	dayStart := time.Date(y, m, d, 0, 0, 0, 0, loc)
+	// Built from the date, not by adding hours to midnight, so a day of 23
+	// or 25 hours (DST) keeps the wall-clock time.
+	at := time.Date(y, m, d, int(clock/time.Hour), int(clock%time.Hour/time.Minute), 0, 0, loc)
+	if !at.Before(end) {
+		at = end.Add(-time.Hour)
+		if at.Before(dayStart) {
+			at = dayStart
+		}
+	}
+	if at.Before(start) {
+		at = start
+	}
+	return at
+}
+
+// reminderRow is a row of booking_reminders.
+type reminderRow struct {
+	TenantID  uuid.UUID `gorm:"primaryKey"`
+	OutboxID  uuid.UUID `gorm:"primaryKey"`
+	BookingID uuid.UUID
+	Kind      string
+	CreatedAt time.Time
+}
+
+func (reminderRow) TableName() string { return "booking_reminders" }
+
+// remember records that message id is b's reminder of kind.
+func (s *Service) remember(ctx context.Context, b Booking, kind string, id uuid.UUID) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	if err := tx.Create(&reminderRow{TenantID: b.TenantID, OutboxID: id, BookingID: b.ID, Kind: kind, CreatedAt: s.now()}).Error; err != nil {
+		return wrap("record reminder", err)
+	}
+	return nil
+}
+
+// remindersOf lists the ids of b's reminders of kind, oldest first.
+func remindersOf(ctx context.Context, bookingID uuid.UUID, kind string) ([]uuid.UUID, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ids []uuid.UUID
+	if err := tx.Model(&reminderRow{}).Where("booking_id = ? AND kind = ?", bookingID, kind).Order("created_at").Pluck("outbox_id", &ids).Error; err != nil {
+		return nil, wrap("load reminders", err)
+	}
+	return ids, nil
+}
+
+// cancelReminders calls off b's waiting reminders of kind; those sent are
+// left alone.
+func (s *Service) cancelReminders(ctx context.Context, bookingID uuid.UUID, kind string) error {
+	ids, err := remindersOf(ctx, bookingID, kind)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := s.msgs.Cancel(ctx, id); err != nil {
+			return wrap("cancel reminder", err)
+		}
+	}
+	return nil
+}
+
+// moveReminders moves b's waiting reminders of kind to at, and reports
+// how many were still waiting (those sent or cancelled cannot move).
+func (s *Service) moveReminders(ctx context.Context, bookingID uuid.UUID, kind string, at time.Time) (int, error) {
+	ids, err := remindersOf(ctx, bookingID, kind)
+	if err != nil {
+		return 0, err
+	}
+	moved := 0
+	for _, id := range ids {
+		err := s.msgs.Reschedule(ctx, id, at)
+		switch {
+		case err == nil:
+			moved++
+		case tenants.ErrorCode(err) == tenants.EConflict: // sent or cancelled already
+		default:
+			return moved, wrap("move reminder", err)
+		}
+	}
+	return moved, nil
+}
+
+// scheduleReturnReminder makes b's return reminder match b: one waiting
+// message at the right time when b is a one-time access whose instructions
+// went out with the reminder on, none otherwise. A reminder that went out
+// already (the end was moved afterwards) is followed by a new one.
+func (s *Service) scheduleReturnReminder(ctx context.Context, b Booking, k keyRef) error {
+	if b.Kind != OneTime || !b.ReturnReminder || b.held() || !b.live(s.now()) {
+		return s.cancelReminders(ctx, b.ID, kindReturn)
+	}
+	at := returnReminderAt(b.StartsAt, *b.EndsAt, k.location(), s.cfg.ReminderClock)
+	moved, err := s.moveReminders(ctx, b.ID, kindReturn, at)
+	if err != nil || moved > 0 {
+		return err
+	}
+	id, err := s.msgs.Add(ctx, outbox.Message{
+		Kind: kindReturn, Channel: b.NotifyVia, Recipient: recipient(b.VisitorPhone, b.VisitorEmail, b.NotifyVia),
+		Priority: outbox.Low, NotBefore: at, TimeZone: k.location().String(),
+		Data: map[string]string{"name": b.VisitorName, "key": k.Name, "box": k.BoxName, "ends_at": localClock(*b.EndsAt, k.location())},
+	})
+	if err != nil {
+		return wrap("queue return reminder", err)
+	}
+	return s.remember(ctx, b, kindReturn, id)
+}
+
+// heldReminderAt is when the admins hear of a held booking still not
+// released: at its start, or a grace period after it is created (or moved)
+// when it has started already.
+func (s *Service) heldReminderAt(b Booking) time.Time {
+	if earliest := s.now().Add(s.cfg.HeldGrace); b.StartsAt.Before(earliest) {
+		return earliest
+	}
+	return b.StartsAt
+}
+
+type adminRow struct {
+	Name     string
+	Email    string
+	Language *string
+}
+
+// scheduleHeldReminders makes the reminders about held booking b match it:
+// one waiting email per active admin and owner at heldReminderAt while b is
+// held and live, none otherwise.
+func (s *Service) scheduleHeldReminders(ctx context.Context, b Booking, k keyRef) error {
+	if !b.held() || !b.live(s.now()) {
+		return s.cancelReminders(ctx, b.ID, kindHeld)
+	}
+	at := s.heldReminderAt(b)
+	moved, err := s.moveReminders(ctx, b.ID, kindHeld, at)
+	if err != nil || moved > 0 {
+		return err
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	var admins []adminRow
+	if err := tx.Raw("SELECT name, email, language FROM users WHERE role IN ('owner', 'admin') AND disabled_at IS NULL ORDER BY id").Scan(&admins).Error; err != nil {
+		return wrap("load admins", err)
+	}
+	for _, a := range admins {
+		lang := ""
+		if a.Language != nil {
+			lang = *a.Language
+		}
+		id, err := s.msgs.Add(ctx, outbox.Message{
+			Kind: kindHeld, Channel: outbox.Email, Recipient: a.Email, Language: lang, NotBefore: at, TimeZone: k.location().String(),
+			Data: map[string]string{"name": a.Name, "key": k.Name, "box": k.BoxName, "visitor": b.VisitorName,
+				"starts_at": localTime(b.StartsAt, k.location()), "booking_id": b.ID.String()},
+		})
+		if err != nil {
+			return wrap("queue held-booking reminder", err)
+		}
+		if err := s.remember(ctx, b, kindHeld, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// localTime writes t in the box's zone for people: 2026-05-01 10:00
+// (Europe/Paris). Numeric, so it reads the same in every language.
+func localTime(t time.Time, loc *time.Location) string {
+	return t.In(loc).Format("2006-01-02 15:04") + " (" + loc.String() + ")"
+}
+
+// localClock writes only the time of day, for "ends today at …".
+func localClock(t time.Time, loc *time.Location) string {
+	return t.In(loc).Format("15:04") + " (" + loc.String() + ")"
+}
