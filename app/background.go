@@ -91,11 +91,12 @@ func (a *App) runWorkers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	store := delivery.NewStore(a.scope, a.outbox, a.providers, 2)
-	defer store.Close()
-	handler := delivery.NewHandler(store, a.plugins, tpl,
-		func(err error) bool { return errors.Is(err, host.ErrUnavailable) }, a.log)
+	relayCfg := relay.DefaultConfig(a.cfg.AppDatabaseURL)
+	deliveryCfg := delivery.Config{MaxRetry: relayCfg.MaxRetry, Parallel: 16, TaskTimeout: relayCfg.TaskTimeout}
+	handler := delivery.NewHandler(delivery.NewStore(a.scope, a.outbox, a.providers), a.plugins, a.queue, tpl,
+		func(err error) bool { return errors.Is(err, host.ErrUnavailable) }, deliveryCfg, a.log)
 	mux := asynq.NewServeMux()
+	mux.Handle(jobs.TypeDeliverBatch, handler)
 	mux.Handle(jobs.TypeDeliver, handler)
 
 	srv := asynq.NewServer(a.queueOpt, asynq.Config{
@@ -119,10 +120,12 @@ func (a *App) runWorkers(ctx context.Context) error {
 	defer srv.Shutdown()
 
 	g, gctx := errgroup.WithContext(ctx)
-	rl := relay.New(a.db, a.queue, relay.DefaultConfig(a.cfg.AppDatabaseURL), a.log.With("component", "relay"))
+	rl := relay.New(a.db, a.queue, relayCfg, a.log.With("component", "relay"))
 	g.Go(func() error { return rl.Run(gctx) })
 	jn := janitor.New(a.db, a.cfg.SessionIdle, 10*time.Minute, a.log.With("component", "janitor"))
 	g.Go(func() error { return jn.Run(gctx) })
+	// Boxes whose heartbeats stopped: marked offline, reported once.
+	g.Go(func() error { a.health.Run(gctx, 10*time.Second); return nil })
 	a.log.Info("workers running", "concurrency", a.cfg.WorkerConcurrency)
 	return g.Wait()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -15,9 +16,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
 
+	"github.com/keyrelay/keyrelay/jobs"
 	"github.com/keyrelay/keyrelay/migrations/dbtest"
 	"github.com/keyrelay/keyrelay/plugins/providers/httpsms/httpsms"
+	"github.com/keyrelay/keyrelay/plugins/providers/webhook/webhook"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
 
@@ -244,4 +248,166 @@ func TestDeliveryReceipt(t *testing.T) {
 	if got := s.message(t, f.ID, id); got.Status != outbox.Delivered || got.DeliveredAt == nil {
 		t.Fatalf("after the receipt: %+v", got)
 	}
+}
+
+// recordingHook is a tenant's webhook endpoint that counts the calls for
+// each message and answers each by its recipient and the call's number for
+// that message (1-based), after delay.
+func recordingHook(t *testing.T, delay time.Duration, answer func(to string, n int) int) (*httptest.Server, func(id uuid.UUID) int) {
+	var mu sync.Mutex
+	calls := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var p webhook.Payload
+		if err := json.NewDecoder(r.Body).Decode(&p); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		calls[p.ID]++
+		n := calls[p.ID]
+		mu.Unlock()
+		time.Sleep(delay)
+		w.WriteHeader(answer(p.To, n))
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func(id uuid.UUID) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return calls[id.String()]
+	}
+}
+
+// queueMessages writes several outbox rows in one transaction, so that the
+// relay sees them together and puts them in one batch.
+func (s *server) queueMessages(t *testing.T, tenantID uuid.UUID, ms []outbox.Message) []uuid.UUID {
+	t.Helper()
+	var ids []uuid.UUID
+	err := s.app.scope.Do(context.Background(), tenantID, func(ctx context.Context) error {
+		for _, m := range ms {
+			id, err := s.app.outbox.Add(ctx, m)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func to(addr string) outbox.Message {
+	m := note
+	m.Recipient = addr
+	return m
+}
+
+// TestDeliveryBatch: messages written together travel in one batch task;
+// each message's outcome is its own.
+func TestDeliveryBatch(t *testing.T) {
+	s := startServer(t, withWorkers)
+	t.Run("OneFailureTouchesOnlyItsMessage", func(t *testing.T) {
+		f := s.signup(t)
+		hook, calls := recordingHook(t, 0, func(to string, n int) int {
+			switch {
+			case strings.HasPrefix(to, "flaky") && n == 1:
+				return http.StatusServiceUnavailable
+			case strings.HasPrefix(to, "gone"):
+				return http.StatusGone
+			}
+			return http.StatusOK
+		})
+		useWebhook(t, f, hook.URL, false)
+		ms := []outbox.Message{to("flaky@example.com"), to("gone@example.com")}
+		for i := 0; i < 8; i++ {
+			ms = append(ms, to(fmt.Sprintf("ok%d@example.com", i)))
+		}
+		ids := s.queueMessages(t, f.ID, ms)
+		flaky := s.waitStatus(t, f.ID, ids[0], outbox.Sent)
+		gone := s.waitStatus(t, f.ID, ids[1], outbox.Failed)
+		if flaky.Attempts != 2 || calls(ids[0]) != 2 {
+			t.Errorf("temporary failure: %+v after %d calls, want sent on the second", flaky, calls(ids[0]))
+		}
+		if gone.Attempts != 1 || gone.Reason == "" || calls(ids[1]) != 1 {
+			t.Errorf("permanent failure: %+v after %d calls, want failed at once", gone, calls(ids[1]))
+		}
+		for _, id := range ids[2:] {
+			if row := s.waitStatus(t, f.ID, id, outbox.Sent); row.Attempts != 1 {
+				t.Errorf("a batch mate of the failures: %+v", row)
+			}
+		}
+		time.Sleep(1500 * time.Millisecond) // no retry comes later
+		for i, id := range ids {
+			want := 1
+			if i == 0 {
+				want = 2
+			}
+			if got := calls(id); got != want {
+				t.Errorf("%s: %d calls, want %d", ms[i].Recipient, got, want)
+			}
+		}
+	})
+	t.Run("DeadWorkersClaimExpires", func(t *testing.T) {
+		// A worker claimed the message and died with its task; once the
+		// lease is over the relay's sweep hands the message out again.
+		f := s.signup(t)
+		hook, calls := recordingHook(t, 0, func(string, int) int { return http.StatusOK })
+		useWebhook(t, f, hook.URL, false)
+		m := to("orphan@example.com")
+		m.NotBefore = time.Now().Add(time.Hour) // its own task waits until then
+		id := s.queueMessage(t, f.ID, m)
+		waitFor(t, "relayed", 10*time.Second, func() bool {
+			return ownerExec(t, "SELECT 1 FROM outbox WHERE id = $1 AND relayed_at IS NOT NULL", id) == 1
+		})
+		ownerExec(t, "UPDATE outbox SET not_before = NULL, claimed_by = 'dead', claim_expires_at = now() + interval '1 second' WHERE id = $1", id)
+		time.Sleep(500 * time.Millisecond)
+		if calls(id) != 0 {
+			t.Fatal("sent while another worker's claim was live")
+		}
+		row := s.waitStatus(t, f.ID, id, outbox.Sent)
+		if row.Attempts != 1 || calls(id) != 1 {
+			t.Fatalf("row = %+v after %d calls", row, calls(id))
+		}
+	})
+	t.Run("OverlappingBatchesSendOnce", func(t *testing.T) {
+		// The relay enqueued a batch and crashed before marking its rows;
+		// the next pass grouped them otherwise. Each message is in two or
+		// three tasks, running at once while the provider is slow.
+		f := s.signup(t)
+		hook, calls := recordingHook(t, 300*time.Millisecond, func(string, int) int { return http.StatusOK })
+		useWebhook(t, f, hook.URL, false)
+		var ms []outbox.Message
+		for i := 0; i < 12; i++ {
+			ms = append(ms, to(fmt.Sprintf("overlap%d@example.com", i)))
+		}
+		ids := s.queueMessages(t, f.ID, ms)
+		for _, part := range [][]uuid.UUID{ids[:8], ids[4:]} {
+			b := jobs.DeliverBatch{TenantID: f.ID}
+			for _, id := range part {
+				b.Messages = append(b.Messages, jobs.Ref{ID: id})
+			}
+			if _, err := s.app.queue.Enqueue(asynq.NewTask(jobs.TypeDeliverBatch, b.Encode()), asynq.TaskID(b.TaskID()), asynq.Queue("default")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, id := range ids {
+			s.waitStatus(t, f.ID, id, outbox.Sent)
+		}
+		// And once more, after they were sent.
+		ownerExec(t, "UPDATE outbox SET relayed_at = NULL WHERE tenant_id = $1", f.ID)
+		waitFor(t, "relayed again", 10*time.Second, func() bool {
+			return ownerExec(t, "SELECT 1 FROM outbox WHERE tenant_id = $1 AND relayed_at IS NULL", f.ID) == 0
+		})
+		time.Sleep(time.Second)
+		for _, id := range ids {
+			if n := calls(id); n != 1 {
+				t.Errorf("%s sent %d times", id, n)
+			}
+			if row := s.message(t, f.ID, id); row.Attempts != 1 {
+				t.Errorf("%s: %d attempts recorded", id, row.Attempts)
+			}
+		}
+	})
 }

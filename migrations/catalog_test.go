@@ -71,6 +71,7 @@ var securityDefiners = map[string]string{
 	"outbox_pending(integer)":            "keyrelay_relay",
 	"outbox_mark_relayed(uuid[],uuid[])": "keyrelay_relay",
 	"outbox_tenant(uuid)":                "keyrelay_relay",
+	"outbox_reclaim(integer)":            "keyrelay_relay",
 	"janitor_sweep(interval)":            "keyrelay_janitor",
 }
 

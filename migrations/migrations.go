@@ -10,7 +10,8 @@
 //     (email → tenant and user, for login and "forgot password").
 //   - keyrelay_relay: NOLOGIN; owns outbox_pending, outbox_mark_relayed and
 //     outbox_tenant, the outbox relay's view of every tenant's pending
-//     message ids (00002).
+//     message ids (00002), and outbox_reclaim, which hands back the
+//     messages of a delivery worker whose claim expired (00009).
 //   - keyrelay_janitor: NOLOGIN; owns janitor_sweep, which deletes expired
 //     sessions and reset tokens in every tenant (00002).
 //

@@ -1,14 +1,22 @@
 // Package relay moves committed outbox rows into the queue.
 //
 // It is one of the narrowly granted cross-tenant paths: it sees other
-// tenants' rows only through outbox_pending and outbox_mark_relayed (see
-// migrations/00002), which reveal ids and priority and nothing else.
+// tenants' rows only through outbox_pending, outbox_mark_relayed and
+// outbox_reclaim (see migrations/00002 and 00009), which reveal ids,
+// priority, schedule and claims and nothing else.
 //
-// Each row becomes an asynq task whose id is the row id. A row is marked
-// relayed only after its task is in Redis, in the same database transaction
-// that locked it: a crash in between leaves the row pending, the next pass
-// enqueues it again, and asynq refuses the duplicate id — nothing is lost
-// and nothing is sent twice. While Redis is down rows simply wait.
+// The rows of one tenant and priority that may go now become one batch
+// task (up to jobs.MaxBatch messages); a scheduled row becomes a task of
+// its own, held by asynq until its time. A row is marked relayed only after
+// its task is in Redis, in the same database transaction that locked it: a
+// crash in between leaves the row pending and the next pass enqueues it
+// again. The same grouping gets the same task id, which asynq refuses; a
+// different grouping makes a second task, and the worker's claim on each
+// message (outbox.Claim) lets only one of them send it. Nothing is lost and
+// nothing is sent twice. While Redis is down rows simply wait.
+//
+// The relay also sweeps claims whose lease ran out (a worker died
+// mid-send) and relays their messages again.
 //
 // It wakes on PostgreSQL NOTIFY (sent by a trigger when an insert commits)
 // and also polls slowly, in case a notification is missed.
@@ -40,6 +48,7 @@ type Enqueuer interface {
 type Config struct {
 	ListenURL string        // a connection for LISTEN (the application role)
 	Batch     int           // rows per pass
+	Group     int           // messages per batch task
 	Parallel  int           // enqueues in flight at once
 	Poll      time.Duration // safety-net polling interval
 	MaxRetry  int           // delivery attempts before a message is archived
@@ -53,7 +62,7 @@ type Config struct {
 
 // DefaultConfig is tuned for latency and throughput on one node.
 func DefaultConfig(listenURL string) Config {
-	return Config{ListenURL: listenURL, Batch: 100, Parallel: 16, Poll: 2 * time.Second, MaxRetry: 12, TaskTimeout: time.Minute}
+	return Config{ListenURL: listenURL, Batch: 500, Group: jobs.MaxBatch, Parallel: 16, Poll: 2 * time.Second, MaxRetry: 12, TaskTimeout: time.Minute}
 }
 
 // Relay runs the loop.
@@ -76,7 +85,17 @@ func (r *Relay) Run(ctx context.Context) error {
 	wake := make(chan struct{}, 1)
 	go r.listen(ctx, wake)
 	backoff := time.Duration(0)
+	var swept time.Time
 	for {
+		if time.Since(swept) >= r.cfg.Poll {
+			// On the slow clock only: a dead worker's lease is minutes long.
+			swept = time.Now()
+			if n, err := r.Reclaim(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("outbox relay: claim sweep failed", "err", err)
+			} else if n > 0 {
+				r.log.Warn("outbox relay: messages of a worker that stopped mid-send go out again", "messages", n)
+			}
+		}
 		n, err := r.drain(ctx)
 		switch {
 		case ctx.Err() != nil:
@@ -172,6 +191,16 @@ type pending struct {
 	ScheduleRev int
 }
 
+// Reclaim drops the claims whose lease ran out and hands their queued
+// messages back to the relay; it reports how many.
+func (r *Relay) Reclaim(ctx context.Context) (int, error) {
+	var n int
+	if err := r.db.WithContext(ctx).Raw("SELECT outbox_reclaim(?)", r.cfg.Batch).Scan(&n).Error; err != nil {
+		return 0, fmt.Errorf("relay: reclaim: %w", err)
+	}
+	return n, nil
+}
+
 // pass relays one batch in one transaction: lock, enqueue, mark.
 func (r *Relay) pass(ctx context.Context) (int, error) {
 	tx := r.db.WithContext(ctx).Begin()
@@ -179,6 +208,12 @@ func (r *Relay) pass(ctx context.Context) (int, error) {
 		return 0, tx.Error
 	}
 	defer tx.Rollback()
+	// The mark does not wait for the disk: a mark lost to a database crash
+	// only relays the rows again, which the claims make harmless, and
+	// workers claiming these rows wait for this transaction to end.
+	if err := tx.Exec("SET LOCAL synchronous_commit = off").Error; err != nil {
+		return 0, fmt.Errorf("relay: %w", err)
+	}
 	var rows []pending
 	if err := tx.Raw("SELECT tenant_id, id, priority, not_before, schedule_rev FROM outbox_pending(?)", r.cfg.Batch).Scan(&rows).Error; err != nil {
 		return 0, fmt.Errorf("relay: pending: %w", err)
@@ -186,11 +221,14 @@ func (r *Relay) pass(ctx context.Context) (int, error) {
 	if len(rows) == 0 {
 		return 0, nil
 	}
-	done := r.enqueue(ctx, rows)
+	tasks := r.group(rows, time.Now())
+	done := r.enqueue(ctx, tasks)
 	var tenantIDs, ids []uuid.UUID
 	for i, ok := range done {
 		if ok {
-			tenantIDs, ids = append(tenantIDs, rows[i].TenantID), append(ids, rows[i].ID)
+			for _, row := range tasks[i].rows {
+				tenantIDs, ids = append(tenantIDs, row.TenantID), append(ids, row.ID)
+			}
 		}
 	}
 	if len(ids) > 0 {
@@ -207,16 +245,89 @@ func (r *Relay) pass(ctx context.Context) (int, error) {
 	return len(ids), nil
 }
 
-// enqueue puts rows in the queue, several at a time; done[i] says whether
-// row i is in the queue (newly, or already from an earlier pass).
-func (r *Relay) enqueue(ctx context.Context, rows []pending) []bool {
-	done := make([]bool, len(rows))
+// task is one task to enqueue and the rows it carries.
+type task struct {
+	task *asynq.Task
+	opts []asynq.Option
+	rows []pending
+}
+
+func queueOf(priority string) string {
+	if _, ok := jobs.Queues[priority]; ok {
+		return priority
+	}
+	return "default"
+}
+
+// group makes the pass's tasks: the rows that may go now, in batches of
+// one tenant and priority (in the order they were written), and one task
+// per scheduled row.
+func (r *Relay) group(rows []pending, now time.Time) []task {
+	type key struct {
+		tenant   uuid.UUID
+		priority string
+	}
+	var tasks []task
+	open := map[key]int{} // the batch still being filled, by key
+	for _, row := range rows {
+		if row.NotBefore != nil && row.NotBefore.After(now) {
+			tasks = append(tasks, r.scheduled(row))
+			continue
+		}
+		k := key{row.TenantID, queueOf(row.Priority)}
+		i, ok := open[k]
+		if !ok || len(tasks[i].rows) >= max(r.cfg.Group, 1) {
+			i = len(tasks)
+			open[k] = i
+			tasks = append(tasks, task{})
+		}
+		tasks[i].rows = append(tasks[i].rows, row)
+	}
+	for i := range tasks {
+		if tasks[i].task != nil {
+			continue
+		}
+		b := jobs.DeliverBatch{TenantID: tasks[i].rows[0].TenantID}
+		for _, row := range tasks[i].rows {
+			b.Messages = append(b.Messages, jobs.Ref{ID: row.ID, Rev: row.ScheduleRev})
+		}
+		tasks[i].task = asynq.NewTask(jobs.TypeDeliverBatch, b.Encode())
+		tasks[i].opts = r.options(b.TaskID(), queueOf(tasks[i].rows[0].Priority))
+	}
+	return tasks
+}
+
+func (r *Relay) options(id, queue string) []asynq.Option {
+	opts := []asynq.Option{asynq.TaskID(id), asynq.Queue(queue), asynq.MaxRetry(r.cfg.MaxRetry), asynq.Timeout(r.cfg.TaskTimeout)}
+	if r.cfg.Retention > 0 {
+		opts = append(opts, asynq.Retention(r.cfg.Retention))
+	}
+	return opts
+}
+
+// scheduled is the task of a row that waits for its time.
+func (r *Relay) scheduled(row pending) task {
+	d := jobs.Deliver{TenantID: row.TenantID, MessageID: row.ID, Rev: row.ScheduleRev}
+	// Held by asynq's scheduled set until then, not by the outbox. asynq
+	// keeps whole seconds: round up, never early.
+	at := row.NotBefore.Truncate(time.Second)
+	if at.Before(*row.NotBefore) {
+		at = at.Add(time.Second)
+	}
+	opts := append(r.options(d.TaskID(), queueOf(row.Priority)), asynq.ProcessAt(at))
+	return task{task: asynq.NewTask(jobs.TypeDeliver, d.Encode()), opts: opts, rows: []pending{row}}
+}
+
+// enqueue puts tasks in the queue, several at a time; done[i] says whether
+// task i is in the queue (newly, or already from an earlier pass).
+func (r *Relay) enqueue(ctx context.Context, tasks []task) []bool {
+	done := make([]bool, len(tasks))
 	next := make(chan int)
 	var wg sync.WaitGroup
-	// After one failure the rest of the batch is left for the next pass:
+	// After one failure the rest of the pass is left for the next one:
 	// Redis is most likely down, and each try would wait for a timeout.
 	var failed atomic.Bool
-	for w := 0; w < max(r.cfg.Parallel, 1); w++ {
+	for w := 0; w < min(max(r.cfg.Parallel, 1), len(tasks)); w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -224,44 +335,19 @@ func (r *Relay) enqueue(ctx context.Context, rows []pending) []bool {
 				if failed.Load() {
 					continue
 				}
-				if done[i] = r.enqueueOne(ctx, rows[i]); !done[i] {
+				_, err := r.q.EnqueueContext(ctx, tasks[i].task, tasks[i].opts...)
+				if done[i] = err == nil || errors.Is(err, asynq.ErrTaskIDConflict); !done[i] {
 					failed.Store(true)
 				}
 			}
 		}()
 	}
-	for i := range rows {
+	for i := range tasks {
 		next <- i
 	}
 	close(next)
 	wg.Wait()
 	return done
-}
-
-func (r *Relay) enqueueOne(ctx context.Context, row pending) bool {
-	queue := row.Priority
-	if _, ok := jobs.Queues[queue]; !ok {
-		queue = "default"
-	}
-	d := jobs.Deliver{TenantID: row.TenantID, MessageID: row.ID, Rev: row.ScheduleRev}
-	opts := []asynq.Option{asynq.TaskID(d.TaskID()), asynq.Queue(queue), asynq.MaxRetry(r.cfg.MaxRetry), asynq.Timeout(r.cfg.TaskTimeout)}
-	if r.cfg.Retention > 0 {
-		opts = append(opts, asynq.Retention(r.cfg.Retention))
-	}
-	if row.NotBefore != nil && row.NotBefore.After(time.Now()) {
-		// Held by asynq's scheduled set until then, not by the outbox.
-		// asynq keeps whole seconds: round up, never early.
-		at := row.NotBefore.Truncate(time.Second)
-		if at.Before(*row.NotBefore) {
-			at = at.Add(time.Second)
-		}
-		opts = append(opts, asynq.ProcessAt(at))
-	}
-	_, err := r.q.EnqueueContext(ctx, asynq.NewTask(jobs.TypeDeliver, d.Encode()), opts...)
-	if err == nil || errors.Is(err, asynq.ErrTaskIDConflict) {
-		return true
-	}
-	return false
 }
 
 // uuidArray renders ids as a PostgreSQL array literal for one bound

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 
+	"github.com/keyrelay/keyrelay/jobs"
 	"github.com/keyrelay/keyrelay/migrations/dbtest"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
@@ -76,17 +78,48 @@ func (f *fixture) add(t *testing.T, n int, prio outbox.Priority) []uuid.UUID {
 	return ids
 }
 
-func queued(t *testing.T, insp *asynq.Inspector, queue string) map[string]bool {
+// queued returns the message ids carried by the queue's pending tasks, each
+// with the number of tasks that carry it.
+func queued(t *testing.T, insp *asynq.Inspector, queue string) map[string]int {
 	t.Helper()
-	out := map[string]bool{}
+	out := map[string]int{}
 	tasks, err := insp.ListPendingTasks(queue, asynq.PageSize(1000))
 	if err != nil && err.Error() != "asynq: queue not found" {
 		t.Fatalf("list %s: %v", queue, err)
 	}
 	for _, ti := range tasks {
-		out[ti.ID] = true
+		for _, id := range carried(t, ti) {
+			out[id.String()]++
+		}
 	}
 	return out
+}
+
+func carried(t *testing.T, ti *asynq.TaskInfo) []uuid.UUID {
+	t.Helper()
+	switch ti.Type {
+	case jobs.TypeDeliverBatch:
+		b, err := jobs.DecodeDeliverBatch(ti.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ti.ID != b.TaskID() {
+			t.Fatalf("batch task id %s, want %s", ti.ID, b.TaskID())
+		}
+		var ids []uuid.UUID
+		for _, m := range b.Messages {
+			ids = append(ids, m.ID)
+		}
+		return ids
+	case jobs.TypeDeliver:
+		d, err := jobs.DecodeDeliver(ti.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []uuid.UUID{d.MessageID}
+	}
+	t.Fatalf("unexpected task type %s", ti.Type)
+	return nil
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -111,14 +144,18 @@ func TestRelay(t *testing.T) {
 		}
 		crit, def := queued(t, insp, "critical"), queued(t, insp, "default")
 		for _, id := range codes {
-			if !crit[id.String()] {
-				t.Errorf("code %s not in the critical queue", id)
+			if crit[id.String()] != 1 {
+				t.Errorf("code %s in %d critical tasks, want 1", id, crit[id.String()])
 			}
 		}
 		for _, id := range normal {
-			if !def[id.String()] {
-				t.Errorf("message %s not in the default queue", id)
+			if def[id.String()] != 1 {
+				t.Errorf("message %s in %d default tasks, want 1", id, def[id.String()])
 			}
+		}
+		// One batch per priority: the queue's cost is per task.
+		if n, _ := insp.GetQueueInfo("critical"); n == nil || n.Pending != 1 {
+			t.Errorf("critical queue: %+v, want one batch task", n)
 		}
 		if n := owner(t, "SELECT 1 FROM outbox WHERE tenant_id = $1 AND relayed_at IS NULL", f.tenant); n != 0 {
 			t.Fatalf("%d rows not marked relayed", n)
@@ -131,8 +168,17 @@ func TestRelay(t *testing.T) {
 		if err != nil || n < 5 {
 			t.Fatalf("drain = %d, %v", n, err)
 		}
+		// The same grouping makes the same task ids, which the queue
+		// refuses; the claim covers a different grouping (app tests).
+		for _, q := range []string{"critical", "default"} {
+			for id, n := range queued(t, insp, q) {
+				if n != 1 {
+					t.Errorf("%s is in %d %s tasks, want 1", id, n, q)
+				}
+			}
+		}
 		if got := len(queued(t, insp, "critical")) + len(queued(t, insp, "default")); got != 5 {
-			t.Fatalf("%d tasks queued, want 5", got)
+			t.Fatalf("%d messages queued, want 5", got)
 		}
 	})
 	t.Run("WakesOnCommit", func(t *testing.T) {
@@ -145,7 +191,7 @@ func TestRelay(t *testing.T) {
 		time.Sleep(300 * time.Millisecond) // LISTEN is up
 		ids := f.add(t, 1, outbox.Critical)
 		deadline := time.Now().Add(5 * time.Second)
-		for !queued(t, insp, "critical")[ids[0].String()] {
+		for queued(t, insp, "critical")[ids[0].String()] == 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("a committed row was not relayed without polling")
 			}
@@ -183,8 +229,90 @@ func TestRelayWaitsForRedis(t *testing.T) {
 	}
 	low := queued(t, insp, "low")
 	for _, id := range ids {
-		if !low[id.String()] {
+		if low[id.String()] == 0 {
 			t.Errorf("%s lost", id)
+		}
+	}
+}
+
+func TestGroup(t *testing.T) {
+	r := New(nil, nil, DefaultConfig(""), quiet())
+	now := time.Now()
+	a, b := uuid.New(), uuid.New()
+	later := now.Add(time.Hour)
+	var rows []pending
+	for i := 0; i < 120; i++ {
+		rows = append(rows, pending{TenantID: a, ID: uuid.New(), Priority: "default"})
+	}
+	rows = append(rows,
+		pending{TenantID: a, ID: uuid.New(), Priority: "critical"},
+		pending{TenantID: b, ID: uuid.New(), Priority: "default", ScheduleRev: 2},
+		pending{TenantID: b, ID: uuid.New(), Priority: "low", NotBefore: &later, ScheduleRev: 1},
+		pending{TenantID: b, ID: uuid.New(), Priority: "low", NotBefore: &now}, // due: batched
+	)
+	tasks := r.group(rows, now)
+	var sizes []int
+	seen := map[uuid.UUID]int{}
+	for _, tk := range tasks {
+		sizes = append(sizes, len(tk.rows))
+		switch tk.task.Type() {
+		case jobs.TypeDeliverBatch:
+			batch, err := jobs.DecodeDeliverBatch(tk.task.Payload())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, m := range batch.Messages {
+				row := tk.rows[i]
+				if m.ID != row.ID || m.Rev != row.ScheduleRev || row.TenantID != batch.TenantID || row.Priority != tk.rows[0].Priority {
+					t.Errorf("batch of %s/%s carries %+v of %+v", batch.TenantID, tk.rows[0].Priority, m, row)
+				}
+				seen[m.ID]++
+			}
+		case jobs.TypeDeliver:
+			d, err := jobs.DecodeDeliver(tk.task.Payload())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Rev != 1 || tk.rows[0].NotBefore != &later {
+				t.Errorf("single task %+v for row %+v, want only the scheduled one", d, tk.rows[0])
+			}
+			seen[d.MessageID]++
+		}
+	}
+	if want := []int{50, 50, 20, 1, 1, 1, 1}; !slices.Equal(sizes, want) {
+		t.Errorf("task sizes %v, want %v", sizes, want)
+	}
+	for _, row := range rows {
+		if seen[row.ID] != 1 {
+			t.Errorf("%s in %d tasks", row.ID, seen[row.ID])
+		}
+	}
+}
+
+// TestReclaim: a worker died mid-send and its claim's lease ran out; the
+// sweep puts the message back in the relay's hands. A live claim, and the
+// claim on a message already sent, are not relayed again.
+func TestReclaim(t *testing.T) {
+	f := setup(t)
+	r := New(f.db, nil, DefaultConfig(testDB.AppURL), quiet())
+	ids := f.add(t, 4, outbox.Normal)
+	owner(t, "UPDATE outbox SET relayed_at = now() WHERE tenant_id = $1", f.tenant)
+	owner(t, "UPDATE outbox SET claimed_by = 'dead', claim_expires_at = now() - interval '1 second' WHERE id = $1", ids[0])
+	owner(t, "UPDATE outbox SET claimed_by = 'alive', claim_expires_at = now() + interval '1 minute' WHERE id = $1", ids[1])
+	owner(t, "UPDATE outbox SET claimed_by = 'dead', claim_expires_at = now() - interval '1 second', status = 'sent' WHERE id = $1", ids[2])
+
+	n, err := r.Reclaim(context.Background())
+	if err != nil || n < 1 {
+		t.Fatalf("reclaim = %d, %v", n, err)
+	}
+	state := func(id uuid.UUID) (relayed, claimed bool) {
+		relayed = owner(t, "SELECT 1 FROM outbox WHERE id = $1 AND relayed_at IS NOT NULL", id) == 1
+		claimed = owner(t, "SELECT 1 FROM outbox WHERE id = $1 AND claimed_by IS NOT NULL", id) == 1
+		return
+	}
+	for i, want := range [][2]bool{{false, false}, {true, true}, {true, false}, {true, false}} {
+		if relayed, claimed := state(ids[i]); relayed != want[0] || claimed != want[1] {
+			t.Errorf("message %d: relayed %v claimed %v, want %v", i, relayed, claimed, want)
 		}
 	}
 }

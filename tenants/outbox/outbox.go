@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -120,6 +121,8 @@ type record struct {
 	NotBefore         *time.Time
 	TimeZone          *string
 	ScheduleRev       int
+	ClaimedBy         *string
+	ClaimExpiresAt    *time.Time
 }
 
 func (record) TableName() string { return "outbox" }
@@ -316,14 +319,74 @@ func (o *Outbox) GetMany(ctx context.Context, ids []uuid.UUID) ([]Row, error) {
 	return o.openAll(recs)
 }
 
+// Ref names one revision of a message, as a delivery task carries it.
+type Ref struct {
+	ID  uuid.UUID
+	Rev int
+}
+
+// Claim takes the messages among refs that a delivery may send now: still
+// queued, at the revision the task knows (a moved message has a newer task),
+// and held by no live claim. They are marked as claimed by token until the
+// lease ends and returned with their data opened; the others are left
+// alone. The caller records their outcomes with RecordClaimed.
+//
+// Two tasks may carry the same message (the relay grouped it twice): the
+// claim is one statement, so exactly one of them gets it. A claimer that
+// dies keeps its messages until the lease ends; the relay's sweep then
+// hands them out again (outbox_reclaim), so the lease must outlast the
+// longest send.
+func (o *Outbox) Claim(ctx context.Context, token string, lease time.Duration, refs []Ref) ([]Row, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if token == "" || lease <= 0 {
+		return nil, fmt.Errorf("outbox: claim needs a token and a lease")
+	}
+	ids, revs := make([]string, len(refs)), make([]string, len(refs))
+	for i, r := range refs {
+		ids[i], revs[i] = r.ID.String(), strconv.Itoa(r.Rev)
+	}
+	var recs []record
+	idArray := textArray(ids)
+	// Rows are locked in id order, so two claimers of overlapping sets
+	// wait for each other instead of deadlocking. The id = ANY condition
+	// repeats the join for the planner: without it, on a table that grew
+	// faster than its statistics, it joined every row of the tenant.
+	err = tx.Raw(`WITH k AS (
+			SELECT o.tenant_id, o.id FROM outbox o
+			JOIN unnest(?::uuid[], ?::integer[]) AS k(id, rev) ON o.id = k.id AND o.schedule_rev = k.rev
+			WHERE o.id = ANY(?::uuid[]) AND o.status = 'queued' AND (o.claimed_by IS NULL OR o.claim_expires_at < now())
+			ORDER BY o.id
+			FOR UPDATE OF o
+		)
+		UPDATE outbox o SET claimed_by = ?, claim_expires_at = now() + make_interval(secs => ?)
+		FROM k WHERE o.tenant_id = k.tenant_id AND o.id = k.id AND o.id = ANY(?::uuid[])
+		RETURNING o.*`, idArray, textArray(revs), idArray, token, lease.Seconds(), idArray).Scan(&recs).Error
+	if err != nil {
+		return nil, fmt.Errorf("outbox: claim: %w", err)
+	}
+	return o.openAll(recs)
+}
+
 // RecordMany stores the outcomes of several attempts in one statement, with
 // the same rules as Record.
 func (o *Outbox) RecordMany(ctx context.Context, outs map[uuid.UUID]Outcome) error {
+	return o.RecordClaimed(ctx, "", outs)
+}
+
+// RecordClaimed stores the outcomes of attempts made under the claim token
+// and drops that claim; a claim someone else took since (after this one's
+// lease ended) is theirs to drop. A message already sent, delivered,
+// failed or cancelled keeps its status.
+func (o *Outbox) RecordClaimed(ctx context.Context, token string, outs map[uuid.UUID]Outcome) error {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return err
 	}
 	n := len(outs)
+	// ids appears twice, as in Claim and for the same reason.
 	ids, statuses, provs, pmids, reasons := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
 	for id, out := range outs {
 		ids = append(ids, id.String())
@@ -340,10 +403,12 @@ func (o *Outbox) RecordMany(ctx context.Context, outs map[uuid.UUID]Outcome) err
 			reason = CASE WHEN v.status IN ('sent', 'delivered') THEN NULLIF(v.reason, '') ELSE COALESCE(NULLIF(v.reason, ''), o.reason) END,
 			sent_at = CASE WHEN v.status IN ('sent', 'delivered') THEN now() ELSE o.sent_at END,
 			delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE o.delivered_at END,
+			claimed_by = CASE WHEN o.claimed_by = ? THEN NULL ELSE o.claimed_by END,
+			claim_expires_at = CASE WHEN o.claimed_by = ? THEN NULL ELSE o.claim_expires_at END,
 			updated_at = now()
 		FROM unnest(?::uuid[], ?::text[], ?::text[], ?::text[], ?::text[]) AS v(id, status, provider, pmid, reason)
-		WHERE o.id = v.id AND o.status = 'queued'`,
-		textArray(ids), textArray(statuses), textArray(provs), textArray(pmids), textArray(reasons)).Error
+		WHERE o.id = v.id AND o.id = ANY(?::uuid[]) AND o.status = 'queued'`,
+		token, token, textArray(ids), textArray(statuses), textArray(provs), textArray(pmids), textArray(reasons), textArray(ids)).Error
 	if err != nil {
 		return fmt.Errorf("outbox: record outcomes: %w", err)
 	}
