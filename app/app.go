@@ -191,7 +191,7 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, err
 	}
-	if a.bookings, err = bookings.NewService(bookings.Deps{Keys: a.box, Messages: a.outbox}, bookings.DefaultConfig(cfg.BaseURL)); err != nil {
+	if a.bookings, err = bookings.NewService(bookings.Deps{Keys: a.box, Messages: a.outbox, Locks: a.guard}, bookings.DefaultConfig(cfg.BaseURL)); err != nil {
 		a.Close()
 		return nil, err
 	}

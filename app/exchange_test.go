@@ -408,3 +408,53 @@ func TestPickupWithBookingURL(t *testing.T) {
 		wantDenied(t, open(screen(time.Now())), exchange.BoxOffline)
 	})
 }
+
+// Ten wrong second factors against a booking lock it (the owner is told
+// once); the booking code then opens nothing until the owner acts.
+func TestBookingLocksAfterTenFailures(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 1)
+	const visitor = "+14155550199"
+	bookingID, code := st.book(t, 1, -time.Minute, time.Hour)
+	f.Owner.expect(t, 200, "PUT", "/api/v1/security", map[string]any{"owner_pickups_2fa": true, "visitor_pickups": "pin"})
+	email := "vic-" + uuid.NewString()[:6] + "@example.com"
+	f.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Vic", "email": email, "phone": visitor, "role": "visitor"})
+	s.client().expect(t, 204, "POST", "/api/v1/auth/password/reset", map[string]any{"token": s.resetToken(t, f.ID, email), "new_password": "visitor-pass-42"})
+	s.login(t, email, "visitor-pass-42").expect(t, 204, "PUT", "/api/v1/me/pin", map[string]any{"pin": "4821"})
+
+	for i := range 10 {
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": visitor})
+		if r.Result != "pin_required" {
+			t.Fatalf("try %d: %+v", i, r)
+		}
+		wantDenied(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "pin": fmt.Sprintf("%04d", 5000+i)}), exchange.WrongPIN)
+	}
+	if n := s.alertsOf(t, st, "booking_locked"); n != 1 {
+		t.Errorf("%d booking-locked alerts, want 1", n)
+	}
+	wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": code}), exchange.Locked)
+	if locked := f.Owner.expect(t, 200, "GET", "/api/v1/audit?action=booking.locked", nil).JSON(t)["items"].([]any); len(locked) != 1 {
+		t.Errorf("booking.locked audit entries: %v", locked)
+	}
+	// The owner unlocks it: the code works again.
+	f.Owner.expect(t, 200, "POST", "/api/v1/bookings/"+bookingID+"/unlock", nil)
+	wantOpen(t, st.call(t, "/box/v1/pickups", map[string]any{"code": code}), 1)
+}
+
+// Pickup codes by SMS are budgeted per phone number and booking.
+func TestPickupSMSBudgetPerBooking(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.SMSPerPhoneHour = 3 })
+	f := s.signup(t)
+	st := s.newSite(t, f, 1)
+	st.book(t, 1, -time.Minute, time.Hour)
+	for i := range 3 {
+		if r := st.call(t, "/box/v1/pickups", map[string]any{"phone": "+14155550199"}); r.Result != "challenge" {
+			t.Fatalf("code %d: %+v", i+1, r)
+		}
+	}
+	status, body, err := st.box.Request(context.Background(), "POST", "/box/v1/pickups", map[string]any{"phone": "+14155550199"})
+	if err != nil || status != 429 {
+		t.Fatalf("4th code in an hour: %d %s %v, want 429", status, body, err)
+	}
+}

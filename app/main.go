@@ -3,6 +3,7 @@
 //	keyrelay [serve]   run the HTTP API (and, in development, migrate first)
 //	keyrelay migrate   create the database and roles, apply migrations
 //	keyrelay worker    run background workers alone
+//	keyrelay box       the reference box (an MS5 simulator) on the command line
 //	keyrelay version   print the version
 package main
 
@@ -44,6 +45,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintln(stdout, "keyrelay", buildVersion())
 		return nil
 	}
+	if cmd == "box" {
+		return runBox(ctx, args[1:], stdout, stderr)
+	}
 	cfg, err := LoadConfig(getenv)
 	if err != nil {
 		return err
@@ -57,7 +61,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "worker":
 		return worker(ctx, cfg, log)
 	default:
-		return fmt.Errorf("unknown command %q (want serve, migrate, worker or version)", cmd)
+		return fmt.Errorf("unknown command %q (want serve, migrate, worker, box or version)", cmd)
 	}
 }
 

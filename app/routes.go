@@ -123,6 +123,7 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Patch("/bookings/:id", auth, idem, staff, bk.Update)
 	v1.Post("/bookings/:id/release", auth, idem, staff, bk.Release)
 	v1.Post("/bookings/:id/revoke", auth, idem, staff, bk.Revoke)
+	v1.Post("/bookings/:id/unlock", auth, idem, staff, bk.Unlock)
 	v1.Post("/bookings/:id/resend", auth, idem, staff, bk.Resend)
 	v1.Get("/bookings/:id/details", auth, staff, bk.Details)
 	v1.Get("/keys/:id/visitors", auth, staff, bk.KeyVisitors)

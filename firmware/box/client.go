@@ -29,6 +29,8 @@ type Identity struct {
 	RootPublicKey ed25519.PublicKey  `json:"root_public_key"`
 	Model         string             `json:"model"`
 	Timezone      string             `json:"timezone"`
+	// BaseURL is the platform the box was provisioned against.
+	BaseURL string `json:"base_url"`
 }
 
 // Client talks to /box/v1 as one box.
@@ -79,7 +81,7 @@ func Provision(ctx context.Context, baseURL, token string, httpc *http.Client) (
 	}
 	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), HTTP: httpc, ID: Identity{
 		TenantID: p.TenantID.String(), BoxID: p.BoxID.String(), CredentialID: p.CredentialID, PrivateKey: priv,
-		Secret: secret, RootPublicKey: root, Model: p.Model, Timezone: p.Timezone,
+		Secret: secret, RootPublicKey: root, Model: p.Model, Timezone: p.Timezone, BaseURL: strings.TrimRight(baseURL, "/"),
 	}}, nil
 }
 

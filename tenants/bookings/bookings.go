@@ -32,6 +32,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
+	"github.com/keyrelay/keyrelay/tenants/guard"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
 
@@ -160,6 +161,13 @@ func DefaultConfig(baseURL string) Config {
 type Deps struct {
 	Keys     Keys
 	Messages Messages
+	Locks    Locks
+}
+
+// Locks clears the failure counters of a booking that too many wrong
+// codes or PINs locked (tenants/guard).
+type Locks interface {
+	Reset(ctx context.Context, r guard.Rule, key string) error
 }
 
 // Service implements the booking and alias-code calls. Every method runs in
@@ -167,21 +175,22 @@ type Deps struct {
 // tenants.Scope.Do), so a change, its outbox rows and its audit entry commit
 // together.
 type Service struct {
-	keys Keys
-	msgs Messages
-	cfg  Config
-	now  func() time.Time
+	keys  Keys
+	locks Locks
+	msgs  Messages
+	cfg   Config
+	now   func() time.Time
 }
 
 // NewService wires the booking service.
 func NewService(d Deps, cfg Config) (*Service, error) {
-	if d.Keys == nil || d.Messages == nil {
-		return nil, errors.New("bookings: Keys and Messages are required")
+	if d.Keys == nil || d.Messages == nil || d.Locks == nil {
+		return nil, errors.New("bookings: Keys, Messages and Locks are required")
 	}
 	if cfg.ResendAfter <= 0 || cfg.ReminderClock < 0 || cfg.ReminderClock >= 24*time.Hour {
 		return nil, errors.New("bookings: ResendAfter must be positive and ReminderClock a time of day")
 	}
-	return &Service{keys: d.Keys, msgs: d.Messages, cfg: cfg, now: time.Now}, nil
+	return &Service{keys: d.Keys, msgs: d.Messages, locks: d.Locks, cfg: cfg, now: time.Now}, nil
 }
 
 func newID() uuid.UUID { return uuid.Must(uuid.NewV7()) }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -165,7 +166,13 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := NewService(Deps{Keys: box, Messages: outbox.New(box)}, DefaultConfig("https://keys.example.com"))
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", DB: 5})
+	t.Cleanup(func() { rdb.Close() })
+	locks, err := guard.New(rdb, "keyrelay-test:bookings:"+uuid.NewString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := NewService(Deps{Keys: box, Messages: outbox.New(box), Locks: locks}, DefaultConfig("https://keys.example.com"))
 	if err != nil {
 		t.Fatal(err)
 	}

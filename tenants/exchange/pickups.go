@@ -631,7 +631,7 @@ func (s *Service) bookingFailure(ctx context.Context, p tenants.Principal, choic
 		if c.AccessID == nil {
 			continue
 		}
-		key := p.TenantID.String() + "/" + c.AccessID.String()
+		key := guard.BookingSubject(p.TenantID.String(), c.AccessID.String())
 		att, err := s.guard.Begin(ctx, guard.BookingCode, key)
 		if err != nil {
 			continue // already locked: the refusal above is what counts
@@ -653,7 +653,7 @@ func (s *Service) bookingFailure(ctx context.Context, p tenants.Principal, choic
 
 // locked reports whether a booking has used up its failures.
 func (s *Service) locked(ctx context.Context, p tenants.Principal, bookingID uuid.UUID) bool {
-	n, _, err := s.guard.Peek(ctx, guard.BookingCode, p.TenantID.String()+"/"+bookingID.String())
+	n, _, err := s.guard.Peek(ctx, guard.BookingCode, guard.BookingSubject(p.TenantID.String(), bookingID.String()))
 	return err != nil || n >= guard.BookingCode.Hard // fail closed
 }
 

@@ -37,8 +37,12 @@ var (
 	PIN = Rule{Name: "pin", Free: 3, BaseDelay: 30 * time.Second, MaxDelay: time.Hour, Hard: 10, Window: 30 * 24 * time.Hour}
 
 	// BookingCode: 10 failures per booking, then it locks (ErrHardLimit)
-	// and the owner is alerted; Reset when the owner unlocks it.
-	BookingCode = Rule{Name: "booking-code", Free: 3, BaseDelay: 30 * time.Second, MaxDelay: time.Hour, Hard: 10, Window: 30 * 24 * time.Hour}
+	// and the owner is alerted; Reset when the owner unlocks it. It only
+	// counts (Free = Hard, no delays): each failure it counts was already
+	// paced by the rule of the secret that failed (CodeTries, CodePerPhone,
+	// PIN, BoxCooldown), and a second schedule of delays on top would let
+	// a guesser at one booking lock its visitor out of a pickup for hours.
+	BookingCode = Rule{Name: "booking-code", Free: 10, Hard: 10, Window: 30 * 24 * time.Hour}
 
 	// BoxCooldown: more than 20 failures at one box in 15 minutes put the
 	// box into a cool-down (ErrHardLimit, alert the tenant) until the
@@ -47,6 +51,9 @@ var (
 	// a visitor's valid code must not clear a guesser's failures.
 	BoxCooldown = Rule{Name: "box", Free: 20, Hard: 20, Window: 15 * time.Minute, KeepOnSuccess: true}
 )
+
+// BookingSubject is the key of a booking's BookingCode counter.
+func BookingSubject(tenantID, bookingID string) string { return tenantID + "/" + bookingID }
 
 // SMS budgets for Spend (the per-tenant daily budget is configuration).
 const (

@@ -1,0 +1,38 @@
+package bookings
+
+import (
+	"context"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/guard"
+)
+
+// Unlock clears a booking's failure count after the owner was told it
+// locked (ten wrong codes or PINs against it at a box): its code and its
+// phone pickups work again. Staff may do it within their locations; it is
+// audited, and harmless on a booking that is not locked.
+func (s *Service) Unlock(ctx context.Context, id uuid.UUID) (View, error) {
+	p, err := staff(ctx)
+	if err != nil {
+		return View{}, err
+	}
+	r, err := load(ctx, p, id, false)
+	if err != nil {
+		return View{}, err
+	}
+	if err := s.locks.Reset(ctx, guard.BookingCode, guard.BookingSubject(p.TenantID.String(), id.String())); err != nil {
+		return View{}, err
+	}
+	if err := audit.Record(ctx, p.Actor(), "booking.unlocked", "booking:"+id.String(), nil); err != nil {
+		return View{}, err
+	}
+	return s.fullView(ctx, r)
+}
+
+// Unlock handles POST /bookings/{id}/unlock.
+func (h *Handlers) Unlock(c *fiber.Ctx) error {
+	return one(c, func(id uuid.UUID) (View, error) { return h.svc.Unlock(c.UserContext(), id) })
+}
