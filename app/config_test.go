@@ -136,9 +136,11 @@ func TestVersionCommand(t *testing.T) {
 }
 
 // TestDemoTenant runs the development start-up twice: the demo tenant is
-// made once, and its printed credentials sign in.
+// made once, with a box, keys and a booking, and its printed credentials
+// sign in; the printed provisioning token provisions the demo box.
 func TestDemoTenant(t *testing.T) {
 	s := startServer(t)
+	var first string
 	for i := 0; i < 2; i++ {
 		var out bytes.Buffer
 		if err := s.app.ensureDemo(context.Background(), &out); err != nil {
@@ -147,6 +149,18 @@ func TestDemoTenant(t *testing.T) {
 		if !strings.Contains(out.String(), demoEmail) || !strings.Contains(out.String(), demoPassword) {
 			t.Fatalf("start-up text lacks the demo credentials: %s", out.String())
 		}
+		if i == 0 {
+			first = out.String()
+		}
+	}
+	_, rest, ok := strings.Cut(first, "-token ")
+	if !ok {
+		t.Fatalf("no provisioning token printed: %s", first)
+	}
+	token := strings.Fields(rest)[0]
+	var boxOut bytes.Buffer
+	if err := run(context.Background(), []string{"box", "provision", "-url", s.url, "-token", token, "-state", t.TempDir()}, os.Getenv, &boxOut, &boxOut); err != nil {
+		t.Fatalf("the printed token does not provision the demo box: %v %s", err, boxOut.String())
 	}
 	if n := ownerExec(t, "SELECT 1 FROM users WHERE email = $1", demoEmail); n != 1 {
 		t.Fatalf("%d demo users, want 1", n)
@@ -155,5 +169,11 @@ func TestDemoTenant(t *testing.T) {
 	me := c.expect(t, 200, "GET", "/api/v1/me", nil).JSON(t)
 	if me["role"] != "owner" {
 		t.Fatalf("demo user = %v", me)
+	}
+	if keys := c.expect(t, 200, "GET", "/api/v1/keys", nil).JSON(t)["items"].([]any); len(keys) != 3 {
+		t.Errorf("demo keys: %v", keys)
+	}
+	if bs := c.expect(t, 200, "GET", "/api/v1/bookings?status=active", nil).JSON(t)["items"].([]any); len(bs) != 1 {
+		t.Errorf("demo bookings: %v", bs)
 	}
 }
