@@ -11,16 +11,24 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
 
+	"github.com/keyrelay/keyrelay/firmware/bundles"
 	"github.com/keyrelay/keyrelay/firmware/commands"
 	"github.com/keyrelay/keyrelay/firmware/devices"
 	"github.com/keyrelay/keyrelay/firmware/health"
+	"github.com/keyrelay/keyrelay/firmware/offline"
+	"github.com/keyrelay/keyrelay/firmware/releases"
+	"github.com/keyrelay/keyrelay/firmware/signing"
+	boxsync "github.com/keyrelay/keyrelay/firmware/sync"
+	"github.com/keyrelay/keyrelay/jobs/overdue"
 	"github.com/keyrelay/keyrelay/migrations"
 	"github.com/keyrelay/keyrelay/plugins/host"
 	"github.com/keyrelay/keyrelay/tenants"
@@ -32,6 +40,8 @@ import (
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 	"github.com/keyrelay/keyrelay/tenants/providers"
 	"github.com/keyrelay/keyrelay/tenants/secretbox"
+	"github.com/keyrelay/keyrelay/tenants/visitors"
+	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
 // App is the composition root: it owns the connections and the services
@@ -58,9 +68,21 @@ type App struct {
 	exchange  *exchange.Service
 	health    *health.Service
 	commands  *commands.Service
+	offline   *offline.Service
+	sync      *boxsync.Service
+	webhooks  *webhooks.Service
+	overdue   *overdue.Sweeper
+	releases  *releases.Service
+	bundles   *bundles.Service
+	visitors  *visitors.Service
 
 	queueOpt asynq.RedisConnOpt
 	queue    *asynq.Client
+
+	metrics       *Metrics
+	inspector     *asynq.Inspector // the queue's depth, read when metrics are scraped
+	tracer        trace.Tracer
+	traceShutdown func(context.Context) error // flushes spans not yet exported
 }
 
 // unreachable is a dependency that did not answer: main prints it as one
@@ -134,8 +156,13 @@ func Migrate(ctx context.Context, cfg Config, log *slog.Logger) error {
 // NewApp connects to PostgreSQL (as the application role) and Redis and
 // builds every service. It does not migrate.
 func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
-	a := &App{cfg: cfg, log: log}
-	var err error
+	log = slog.New(withTraceIDs(log.Handler()))
+	a := &App{cfg: cfg, log: log, metrics: NewMetrics()}
+	tp, shutdown, err := newTracerProvider(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.tracer, a.traceShutdown = tp.Tracer("github.com/keyrelay/keyrelay"), shutdown
 	a.db, err = gorm.Open(postgres.Open(cfg.AppDatabaseURL), &gorm.Config{
 		Logger:                 logger.Discard,
 		SkipDefaultTransaction: true, // every write already runs in the request's transaction
@@ -147,6 +174,12 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 	sqlDB, err := a.db.DB()
 	if err != nil {
 		return nil, err
+	}
+	if cfg.tracing() {
+		if err := traceDB(a.db, a.tracer); err != nil {
+			sqlDB.Close()
+			return nil, err
+		}
 	}
 	sqlDB.SetMaxOpenConns(20)
 	sqlDB.SetMaxIdleConns(20)
@@ -200,9 +233,15 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		return nil, fmt.Errorf("KEYRELAY_REDIS_URL: %w", err)
 	}
 	a.queue = asynq.NewClient(a.queueOpt)
-	if a.plugins, err = startPlugins(ctx, cfg, log); err != nil {
+	a.inspector = asynq.NewInspector(a.queueOpt)
+	a.metrics.Registry.MustRegister(newStateCollector(a.db, a.inspector, log.With("component", "metrics")))
+	if a.plugins, err = startPlugins(ctx, cfg, log, a.metrics.PluginRestarted, a.tracer); err != nil {
 		a.Close()
 		return nil, fmt.Errorf("provider plugins: %w", err)
+	}
+	// Known series start at zero, so a first restart shows in rate().
+	for _, p := range a.plugins.Providers() {
+		a.metrics.pluginRestarts.WithLabelValues(p.Name)
 	}
 	if a.defaults, err = cfg.defaultProviders(); err != nil {
 		a.Close()
@@ -216,7 +255,29 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 	hcfg := health.DefaultConfig()
 	hcfg.OfflineAfter, hcfg.AlertAfter = cfg.BoxOfflineAfter, cfg.BoxOfflineAlertAfter
 	a.health = health.New(a.scope, a.redis, cfg.LimitPrefix+":", a.accounts, hcfg, log)
-	a.exchange = exchange.New(exchange.Deps{Accounts: a.accounts, Messages: a.outbox, Keys: a.box, Guard: a.guard, Commands: a.commands, Secrets: a.devices}, ecfg)
+	a.offline = offline.New(a.devices, a.box)
+	a.sync = boxsync.New(boxsync.Deps{Scope: a.scope, Offline: a.offline, Alerts: a.accounts, Emit: webhooks.Emit, Log: log.With("component", "sync")})
+	a.exchange = exchange.New(exchange.Deps{Accounts: a.accounts, Messages: a.outbox, Keys: a.box, Guard: a.guard, Commands: a.commands, Secrets: a.devices, Observer: a.metrics}, ecfg)
+	// Webhook URLs: https to public hosts in production; development and
+	// tests may use a local receiver.
+	a.webhooks = webhooks.New(a.box, webhooks.Config{AllowPrivate: !cfg.Production()})
+	a.overdue = overdue.New(a.db, a.scope, a.accounts, log.With("component", "overdue"))
+	if a.releases, err = newReleases(a, cfg, log); err != nil {
+		a.Close()
+		return nil, err
+	}
+	if a.bundles, err = newBundles(a, cfg); err != nil {
+		a.Close()
+		return nil, err
+	}
+	// Visitors as data subjects: erasure ends their accesses through the
+	// booking service, as staff would.
+	a.visitors, err = visitors.New(visitors.Deps{Hasher: a.box, Messages: a.outbox, RetireAlias: a.bookings.RetireAlias,
+		Revoke: func(ctx context.Context, id uuid.UUID) error { _, err := a.bookings.Revoke(ctx, id); return err }})
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
 	a.providers = providers.NewStore(a.box, pluginChecker{h: a.plugins, production: cfg.Production()}, a.defaults)
 	// Inventory: bookings counts a key's live accesses, which stop its
 	// deletion.
@@ -267,6 +328,14 @@ func (a *App) Close() {
 	if a.queue != nil {
 		a.queue.Close()
 	}
+	if a.inspector != nil {
+		a.inspector.Close()
+	}
+	if a.traceShutdown != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		a.traceShutdown(ctx)
+		cancel()
+	}
 	if a.redis != nil {
 		a.redis.Close()
 	}
@@ -275,4 +344,38 @@ func (a *App) Close() {
 			sqlDB.Close()
 		}
 	}
+}
+
+// newReleases builds firmware releases and rollouts: artifacts in the
+// firmware directory, manifests signed by the keyring's firmware key
+// (created on first use in development, where the root is at hand).
+func newReleases(a *App, cfg Config, log *slog.Logger) (*releases.Service, error) {
+	store, err := releases.NewDir(cfg.FirmwareDir)
+	if err != nil {
+		return nil, err
+	}
+	kr := signing.NewKeyring(cfg.keysDir(), a.box)
+	if cfg.RootPrivateKey != nil {
+		if err := kr.Ensure(signing.PurposeFirmware, cfg.RootPrivateKey, 180*24*time.Hour); err != nil {
+			return nil, fmt.Errorf("firmware signing key: %w", err)
+		}
+	}
+	rcfg := releases.DefaultConfig()
+	rcfg.MaxArtifactSize = cfg.FirmwareMaxSize
+	return releases.New(releases.Deps{DB: a.db, Scope: a.scope, Store: store, Signer: kr, Commands: a.commands,
+		Log: log.With("component", "firmware")}, rcfg)
+}
+
+// newBundles builds the offline bundles, signed by the keyring's bundle key
+// (created on first use in development, where the root is at hand).
+func newBundles(a *App, cfg Config) (*bundles.Service, error) {
+	kr := signing.NewKeyring(cfg.keysDir(), a.box)
+	if cfg.RootPrivateKey != nil {
+		if err := kr.Ensure(signing.PurposeBundles, cfg.RootPrivateKey, 90*24*time.Hour); err != nil {
+			return nil, fmt.Errorf("bundle signing key: %w", err)
+		}
+	}
+	bcfg := bundles.DefaultConfig()
+	bcfg.Horizon = cfg.BundleHorizon
+	return bundles.New(bundles.Deps{Secrets: a.devices, Signer: kr, Codes: a.box, Policies: a.accounts, Commands: a.commands, Tags: a.offline}, bcfg)
 }

@@ -9,12 +9,16 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/keyrelay/keyrelay/firmware/bundles"
 	"github.com/keyrelay/keyrelay/jobs"
 	"github.com/keyrelay/keyrelay/jobs/delivery"
 	"github.com/keyrelay/keyrelay/jobs/janitor"
 	"github.com/keyrelay/keyrelay/jobs/relay"
+	"github.com/keyrelay/keyrelay/jobs/retention"
+	webhookjobs "github.com/keyrelay/keyrelay/jobs/webhooks"
 	"github.com/keyrelay/keyrelay/plugins/host"
 	"github.com/keyrelay/keyrelay/plugins/providers/devmailbox/devmailbox"
 	"github.com/keyrelay/keyrelay/plugins/sdk"
@@ -23,7 +27,7 @@ import (
 
 // startPlugins builds (in development, when no directory is configured) and
 // starts the provider plugins.
-func startPlugins(ctx context.Context, cfg Config, log *slog.Logger) (*host.Host, error) {
+func startPlugins(ctx context.Context, cfg Config, log *slog.Logger, onRestart func(provider string), tracer trace.Tracer) (*host.Host, error) {
 	dir := cfg.PluginsDir
 	var env []string
 	if dir == "" {
@@ -38,7 +42,7 @@ func startPlugins(ctx context.Context, cfg Config, log *slog.Logger) (*host.Host
 		// networks.
 		env = append(env, "KEYRELAY_PLUGIN_ALLOW_PRIVATE_NETWORKS=1")
 	}
-	return host.New(host.Config{Dir: dir, Logger: log, Env: env})
+	return host.New(host.Config{Dir: dir, Logger: log, Env: env, OnRestart: onRestart, Tracer: tracer})
 }
 
 // pluginChecker adapts the host to what the provider settings need.
@@ -92,12 +96,14 @@ func (a *App) runWorkers(ctx context.Context) error {
 		return err
 	}
 	relayCfg := relay.DefaultConfig(a.cfg.AppDatabaseURL)
-	deliveryCfg := delivery.Config{MaxRetry: relayCfg.MaxRetry, Parallel: 16, TaskTimeout: relayCfg.TaskTimeout}
+	relayCfg.Tracer = a.tracer
+	deliveryCfg := delivery.Config{MaxRetry: relayCfg.MaxRetry, Parallel: 16, TaskTimeout: relayCfg.TaskTimeout, Outcomes: a.metrics, Tracer: a.tracer}
 	handler := delivery.NewHandler(delivery.NewStore(a.scope, a.outbox, a.providers), a.plugins, a.queue, tpl,
 		func(err error) bool { return errors.Is(err, host.ErrUnavailable) }, deliveryCfg, a.log)
 	mux := asynq.NewServeMux()
 	mux.Handle(jobs.TypeDeliverBatch, handler)
 	mux.Handle(jobs.TypeDeliver, handler)
+	mux.Handle(bundles.TypeRebuild, bundles.NewHandler(a.bundles, a.scope, a.log.With("component", "bundles")))
 
 	srv := asynq.NewServer(a.queueOpt, asynq.Config{
 		Concurrency:    a.cfg.WorkerConcurrency,
@@ -124,8 +130,42 @@ func (a *App) runWorkers(ctx context.Context) error {
 	g.Go(func() error { return rl.Run(gctx) })
 	jn := janitor.New(a.db, a.cfg.SessionIdle, 10*time.Minute, a.log.With("component", "janitor"))
 	g.Go(func() error { return jn.Run(gctx) })
+	// Retention: message bodies, visitors of long-ended accesses, expired
+	// pickup challenges.
+	ret, err := retention.New(a.db, a.scope, a.retentionConfig(), a.log.With("component", "retention"))
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return ret.Run(gctx) })
+	// Bundles: every committed change a box's bundle depends on schedules
+	// its rebuild (debounced).
+	g.Go(func() error {
+		bundles.Listen(gctx, a.cfg.AppDatabaseURL, a.queue, a.bundles.Config().Debounce, a.log.With("component", "bundles"))
+		return nil
+	})
 	// Boxes whose heartbeats stopped: marked offline, reported once.
 	g.Go(func() error { a.health.Run(gctx, 10*time.Second); return nil })
+	// Firmware rollouts: failures after install, waves, completion.
+	g.Go(func() error { a.releases.Run(gctx, a.cfg.RolloutTick); return nil })
+	// Keys not back by the end of their access: one alert per incident.
+	g.Go(func() error { a.overdue.Run(gctx, 30*time.Second); return nil })
+	hooks := webhookjobs.New(a.db, a.scope, a.webhooks, a.webhookConfig(), a.log.With("component", "webhooks"))
+	g.Go(func() error { return hooks.Run(gctx) })
 	a.log.Info("workers running", "concurrency", a.cfg.WorkerConcurrency)
 	return g.Wait()
+}
+
+// retentionConfig is the retention job's, with the configured periods.
+func (a *App) retentionConfig() retention.Config {
+	cfg := retention.DefaultConfig()
+	cfg.MessageBodies, cfg.Visitors = a.cfg.RetainMessageBodies, a.cfg.RetainVisitors
+	return cfg
+}
+
+// webhookConfig is the webhook dispatcher's: private addresses are
+// reachable in development only, as for the bundled providers.
+func (a *App) webhookConfig() webhookjobs.Config {
+	cfg := webhookjobs.DefaultConfig()
+	cfg.AllowPrivate = !a.cfg.Production()
+	return cfg
 }

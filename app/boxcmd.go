@@ -102,6 +102,11 @@ func runBox(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintln(stdout, s)
 		return nil
 	case "run":
+		if id.Model != "MS3" { // MS3 boxes have no offline mode
+			if dev.Bundles, err = box.OpenBundles(c, *state); err != nil {
+				return err
+			}
+		}
 		fmt.Fprintln(stderr, "box online; Ctrl-C to stop")
 		return dev.Run(ctx, *every)
 	case "pickup":

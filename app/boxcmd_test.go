@@ -63,11 +63,15 @@ func TestBoxCommandLine(t *testing.T) {
 // The reference device stays online: heartbeats make it online, and a
 // remote release reaches it through its long poll and is acknowledged.
 func TestReferenceDeviceOnline(t *testing.T) {
-	s := startServer(t)
+	s := startServer(t, withWorkers)
 	f := s.signup(t)
 	st := s.newSite(t, f, 2)
 	opened := make(chan int, 1)
-	dev := &box.Device{Client: st.box, FirmwareVersion: "5.2.0", Bins: map[int]string{2: st.fobs[2]}, Log: discardLogger(), Opened: opened, BatteryLevel: 90}
+	bundles, err := box.OpenBundles(st.box, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &box.Device{Client: st.box, FirmwareVersion: "5.2.0", Bins: map[int]string{2: st.fobs[2]}, Log: discardLogger(), Opened: opened, BatteryLevel: 90, Bundles: bundles}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- dev.Run(ctx, time.Minute) }()
@@ -85,6 +89,11 @@ func TestReferenceDeviceOnline(t *testing.T) {
 		t.Fatal("the remote release never reached the device")
 	}
 	waitFor(t, "the ack", 10*time.Second, func() bool {
-		return len(f.Owner.expect(t, 200, "GET", "/api/v1/audit?action=box.command_done", nil).JSON(t)["items"].([]any)) == 1
+		return len(f.Owner.expect(t, 200, "GET", "/api/v1/audit?action=box.command_done", nil).JSON(t)["items"].([]any)) >= 1
 	})
+	// A new booking changes what the box must know offline: the platform
+	// rebuilds its bundle and says so, and the device fetches it.
+	before := bundles.State().Signing.Version
+	st.book(t, 2, time.Hour, 2*time.Hour)
+	waitFor(t, "the device to take the new bundle", 30*time.Second, func() bool { return bundles.State().Signing.Version > before })
 }

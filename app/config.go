@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // Config is everything keyrelay reads from its environment. It is built once
@@ -58,7 +60,47 @@ type Config struct {
 	// RootPrivateKey is set in development only, so the demo and the tests
 	// can certify signing keys without an offline ceremony.
 	RootPrivateKey ed25519.PrivateKey
+
+	// KeysDir holds the online signing keys (bundles, firmware), sealed
+	// under SecretKey; default <StateDir>/keys.
+	KeysDir string
+	// BundleHorizon is how far ahead an offline bundle grants accesses.
+	BundleHorizon time.Duration
+
+	// FirmwareDir stores firmware artifacts (KEYRELAY_FIRMWARE_DIR, default
+	// <StateDir>/firmware).
+	FirmwareDir string
+	// FirmwareMaxSize bounds a firmware artifact (KEYRELAY_FIRMWARE_MAX_SIZE, bytes).
+	FirmwareMaxSize int64
+	// RolloutTick is how often the workers move firmware rollouts on.
+	RolloutTick time.Duration
+
+	// RetainMessageBodies: a finished message's content and recipient are
+	// purged this long after it was created (KEYRELAY_RETAIN_MESSAGE_BODIES,
+	// default 30d); its delivery record stays.
+	RetainMessageBodies time.Duration
+	// RetainVisitors: a visitor's contact details leave a booking this long
+	// after it ended (KEYRELAY_RETAIN_VISITORS, default 180d).
+	RetainVisitors time.Duration
+
+	// MetricsListen, when set, serves /metrics without credentials on a
+	// second address, meant for a private network (KEYRELAY_METRICS_LISTEN).
+	// /metrics on the main address always needs the operator credential.
+	MetricsListen string
+	// OTLPEndpoint turns tracing on: spans go to this OTLP/HTTP collector
+	// URL, e.g. http://127.0.0.1:4318 (KEYRELAY_OTLP_ENDPOINT). Empty: off.
+	OTLPEndpoint string
+	// TraceSampleRatio is the share of new traces kept (KEYRELAY_TRACE_SAMPLE_RATIO,
+	// 0 to 1, default 1); a request that arrives with a trace follows its
+	// caller's decision.
+	TraceSampleRatio float64
+	// traceExporter replaces the OTLP exporter (tests: an in-memory one).
+	traceExporter sdktrace.SpanExporter
 }
+
+// tracing reports whether spans are recorded (an OTLP endpoint, or a test's
+// exporter).
+func (c Config) tracing() bool { return c.OTLPEndpoint != "" || c.traceExporter != nil }
 
 // Production reports whether development defaults are forbidden.
 func (c Config) Production() bool { return c.Env == "production" }
@@ -121,6 +163,31 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if c.BoxOfflineAlertAfter, err = duration(get("KEYRELAY_BOX_OFFLINE_ALERT_AFTER", "30m")); err != nil {
 		problems = append(problems, "KEYRELAY_BOX_OFFLINE_ALERT_AFTER: "+err.Error())
+	}
+	if c.BundleHorizon, err = duration(get("KEYRELAY_BUNDLE_HORIZON", "72h")); err != nil {
+		problems = append(problems, "KEYRELAY_BUNDLE_HORIZON: "+err.Error())
+	}
+	c.KeysDir = getenv("KEYRELAY_KEYS_DIR")
+	c.FirmwareDir = get("KEYRELAY_FIRMWARE_DIR", filepath.Join(c.StateDir, "firmware"))
+	if c.FirmwareMaxSize, err = strconv.ParseInt(get("KEYRELAY_FIRMWARE_MAX_SIZE", "268435456"), 10, 64); err != nil || c.FirmwareMaxSize < 1 {
+		problems = append(problems, "KEYRELAY_FIRMWARE_MAX_SIZE: must be a positive number of bytes")
+	}
+	if c.RolloutTick, err = duration(get("KEYRELAY_ROLLOUT_TICK", "15s")); err != nil {
+		problems = append(problems, "KEYRELAY_ROLLOUT_TICK: "+err.Error())
+	}
+	c.MetricsListen = getenv("KEYRELAY_METRICS_LISTEN")
+	c.OTLPEndpoint = getenv("KEYRELAY_OTLP_ENDPOINT")
+	if u, err := url.Parse(c.OTLPEndpoint); c.OTLPEndpoint != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+		problems = append(problems, "KEYRELAY_OTLP_ENDPOINT: must be an http(s) URL of an OTLP/HTTP collector, e.g. http://127.0.0.1:4318")
+	}
+	if c.TraceSampleRatio, err = strconv.ParseFloat(get("KEYRELAY_TRACE_SAMPLE_RATIO", "1"), 64); err != nil || c.TraceSampleRatio < 0 || c.TraceSampleRatio > 1 {
+		problems = append(problems, "KEYRELAY_TRACE_SAMPLE_RATIO: must be a number from 0 to 1")
+	}
+	if c.RetainMessageBodies, err = retentionPeriod(get("KEYRELAY_RETAIN_MESSAGE_BODIES", "30d")); err != nil {
+		problems = append(problems, "KEYRELAY_RETAIN_MESSAGE_BODIES: "+err.Error())
+	}
+	if c.RetainVisitors, err = retentionPeriod(get("KEYRELAY_RETAIN_VISITORS", "180d")); err != nil {
+		problems = append(problems, "KEYRELAY_RETAIN_VISITORS: "+err.Error())
 	}
 	if c.HashConcurrency, err = strconv.Atoi(get("KEYRELAY_HASH_CONCURRENCY", "4")); err != nil || c.HashConcurrency < 1 {
 		problems = append(problems, "KEYRELAY_HASH_CONCURRENCY: must be a positive number")
@@ -203,6 +270,22 @@ func duration(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
 		return 0, fmt.Errorf("must be a positive duration such as 30m")
+	}
+	return d, nil
+}
+
+// retentionPeriod reads a retention period: days ("30d") or a Go duration
+// ("720h"), at least an hour.
+func retentionPeriod(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		if d, err := strconv.Atoi(n); err == nil && d >= 1 && d <= 36500 {
+			return time.Duration(d) * 24 * time.Hour, nil
+		}
+		return 0, fmt.Errorf("must be a number of days such as 30d")
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < time.Hour {
+		return 0, fmt.Errorf("must be a number of days such as 30d, or a duration of at least 1h")
 	}
 	return d, nil
 }

@@ -193,14 +193,19 @@ func TestPluginCrashMidSend(t *testing.T) {
 // callback with a wrong signature changes nothing.
 func TestDeliveryReceipt(t *testing.T) {
 	var mu sync.Mutex
-	var callback string
+	// The sign-up's login code goes through the same gateway: keep every
+	// callback URL, by the message id it names.
+	callbacks := map[string]string{}
 	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/Accounts/AC1/Messages.json" || r.ParseForm() != nil {
 			w.WriteHeader(http.StatusNotFound)
 			return
 		}
+		cb := r.PostForm.Get("StatusCallback")
 		mu.Lock()
-		callback = r.PostForm.Get("StatusCallback")
+		if u, err := url.Parse(cb); err == nil {
+			callbacks[u.Query().Get(httpsms.QueryMessageID)] = cb
+		}
 		mu.Unlock()
 		w.WriteHeader(http.StatusCreated)
 		w.Write([]byte(`{"sid":"SM123","status":"queued"}`))
@@ -218,7 +223,7 @@ func TestDeliveryReceipt(t *testing.T) {
 		t.Fatalf("row = %+v", row)
 	}
 	mu.Lock()
-	cb := callback
+	cb := callbacks[id.String()]
 	mu.Unlock()
 	u, err := url.Parse(cb)
 	if err != nil || u.Query().Get(httpsms.QueryMessageID) != id.String() {

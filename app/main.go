@@ -4,6 +4,7 @@
 //	keyrelay migrate   create the database and roles, apply migrations
 //	keyrelay worker    run background workers alone
 //	keyrelay box       the reference box (an MS5 simulator) on the command line
+//	keyrelay keys      create and rotate the signing keys (keys without arguments says how)
 //	keyrelay version   print the version
 package main
 
@@ -60,8 +61,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return Migrate(ctx, cfg, log)
 	case "worker":
 		return worker(ctx, cfg, log)
+	case "keys":
+		return keysCommand(cfg, args[1:], stdout)
 	default:
-		return fmt.Errorf("unknown command %q (want serve, migrate, worker, box or version)", cmd)
+		return fmt.Errorf("unknown command %q (want serve, migrate, worker, keys or version)", cmd)
 	}
 }
 
@@ -83,6 +86,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, stdout io.Writer) 
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Serve(gctx) })
+	g.Go(func() error { return a.ServeMetrics(gctx) })
 	if cfg.Workers {
 		g.Go(func() error { return a.runWorkers(gctx) })
 	}
@@ -97,14 +101,19 @@ func worker(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.Close()
-	return a.runWorkers(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.runWorkers(gctx) })
+	g.Go(func() error { return a.ServeMetrics(gctx) })
+	return g.Wait()
 }
 
+// newLogger writes JSON in production, text otherwise; a line written with
+// a traced context carries trace_id and span_id.
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	if cfg.Production() {
-		return slog.New(slog.NewJSONHandler(w, nil))
+		return slog.New(withTraceIDs(slog.NewJSONHandler(w, nil)))
 	}
-	return slog.New(slog.NewTextHandler(w, nil))
+	return slog.New(withTraceIDs(slog.NewTextHandler(w, nil)))
 }
 
 func buildVersion() string {

@@ -7,8 +7,13 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/keyrelay/keyrelay/app/dashboard"
+	"github.com/keyrelay/keyrelay/firmware/bundles"
 	"github.com/keyrelay/keyrelay/firmware/commands"
 	"github.com/keyrelay/keyrelay/firmware/devices"
+	"github.com/keyrelay/keyrelay/firmware/offline"
+	"github.com/keyrelay/keyrelay/firmware/releases"
+	boxsync "github.com/keyrelay/keyrelay/firmware/sync"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
 	"github.com/keyrelay/keyrelay/tenants/audit"
@@ -16,6 +21,8 @@ import (
 	"github.com/keyrelay/keyrelay/tenants/exchange"
 	"github.com/keyrelay/keyrelay/tenants/inventory"
 	"github.com/keyrelay/keyrelay/tenants/providers"
+	"github.com/keyrelay/keyrelay/tenants/visitors"
+	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
 // newHTTP builds the Fiber app. Every endpoint of every surface is listed
@@ -36,6 +43,7 @@ func (a *App) newHTTP() (*fiber.App, error) {
 		ProxyHeader:             proxyHeader(a.cfg.TrustedProxies),
 	})
 	// recover turns a panic into a 500 for that request instead of a crash.
+	app.Use(a.observe) // outermost: the request's span and metrics see the final status
 	app.Use(withRequestID, a.accessLog, recover.New())
 
 	signin, err := a.perIP("signin", a.cfg.AuthRateLimit)
@@ -94,6 +102,14 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Put("/providers", auth, admin, prov.Put)
 	app.Post("/hooks/providers/:name", a.providerReceipt)
 
+	// Webhooks: the tenant's endpoints for signed events (admins).
+	wh := webhooks.NewHandlers(a.webhooks)
+	v1.Post("/webhooks", auth, idem, admin, wh.Create)
+	v1.Get("/webhooks", auth, admin, wh.List)
+	v1.Get("/webhooks/:id", auth, admin, wh.Get)
+	v1.Delete("/webhooks/:id", auth, idem, admin, wh.Delete)
+	v1.Get("/webhooks/:id/deliveries", auth, admin, wh.Deliveries)
+
 	// Inventory: staff read and manage keys within their locations; boxes
 	// and locations are installations, managed by admins.
 	inv := inventory.NewHandlers(a.inventory)
@@ -132,6 +148,14 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Get("/alias-codes/:id", auth, staff, bk.GetAlias)
 	v1.Delete("/alias-codes/:id", auth, idem, staff, bk.RetireAlias)
 
+	// Visitors as data subjects: staff find one by exact phone or email;
+	// admins export what is held (an access request); only the owner
+	// erases, confirming with one of the visitor's contacts.
+	vis := visitors.NewHandlers(a.visitors)
+	v1.Get("/visitors", auth, staff, vis.Search)
+	v1.Get("/visitors/:id/export", auth, admin, vis.Export)
+	v1.Delete("/visitors/:id", auth, idem, role(tenants.RoleOwner), vis.Erase)
+
 	// Boxes: device identity (firmware/devices). A box signs every request
 	// with its device key; provisioning is rate-limited like sign-in.
 	dev := devices.NewHandlers(a.devices)
@@ -152,6 +176,50 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	boxAPI.Post("/events", boxAuth, xch.Events)
 	boxAPI.Post("/heartbeat", boxAuth, a.health.HeartbeatHandler)
 
+	// Boxes offline (firmware/offline, firmware/sync): the printable
+	// backup-code sheet (admins, audited), a derived code for a booking
+	// whose box is offline (staff), and the journal a box uploads when it
+	// reconnects.
+	off := offline.NewHandlers(a.offline)
+	v1.Get("/boxes/:id/offline-codes", auth, admin, off.Sheet)
+	v1.Post("/bookings/:id/offline-code", auth, idem, staff, off.Derive)
+	// Offline bundles (firmware/bundles): the box fetches its signed
+	// bundle (ETag, 304); staff see its version and age.
+	bun := bundles.NewHandlers(a.bundles)
+	boxAPI.Get("/bundle", boxAuth, bun.Fetch)
+	v1.Get("/boxes/:id/bundle", auth, staff, bun.Status)
+	syn := boxsync.NewHandlers(a.sync)
+	boxAPI.Post("/sync", boxAuth, syn.Ingest)
+	boxAPI.Get("/sync", boxAuth, syn.State)
+
+	// Firmware (firmware/releases): the operator publishes releases and
+	// rolls them out per tenant and model; the tenant's admins may have to
+	// approve, and read each rollout's record; boxes check, download (with
+	// Range) and report.
+	fw := releases.NewHandlers(a.releases)
+	op := a.operator
+	v1.Post("/platform/firmware/releases", op, fw.CreateRelease)
+	v1.Get("/platform/firmware/releases", op, fw.ListReleases)
+	v1.Get("/platform/firmware/releases/:id", op, fw.GetRelease)
+	v1.Put("/platform/firmware/releases/:id/artifact", op, fw.UploadArtifact)
+	v1.Post("/platform/firmware/releases/:id/publish", op, fw.Publish)
+	v1.Post("/platform/rollouts", op, fw.CreateRollout)
+	v1.Get("/platform/rollouts", op, fw.Overview)
+	v1.Get("/platform/rollouts/:id", op, fw.OperatorRollout)
+	v1.Get("/platform/rollouts/:id/record", op, fw.OperatorRecord)
+	v1.Post("/platform/rollouts/:id/pause", op, fw.Control("pause"))
+	v1.Post("/platform/rollouts/:id/resume", op, fw.Control("resume"))
+	v1.Post("/platform/rollouts/:id/abort", op, fw.Control("abort"))
+	v1.Get("/firmware/settings", auth, admin, fw.GetSettings)
+	v1.Put("/firmware/settings", auth, admin, fw.PutSettings)
+	v1.Get("/firmware/rollouts", auth, admin, fw.Rollouts)
+	v1.Get("/firmware/rollouts/:id", auth, admin, fw.Rollout)
+	v1.Get("/firmware/rollouts/:id/record", auth, admin, fw.Record)
+	v1.Post("/firmware/rollouts/:id/approve", auth, admin, fw.Approve)
+	boxAPI.Get("/firmware", boxAuth, fw.Check)
+	boxAPI.Get("/firmware/:id/artifact", boxAuth, fw.Artifact)
+	boxAPI.Post("/firmware/status", boxAuth, fw.Status)
+
 	// The visitor's booking page: the URL's token is the credential; a
 	// pickup from it needs the code on the box's screen.
 	app.Post("/b/:token/open", signin, xch.OpenFromPage)
@@ -161,8 +229,22 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	app.All("/ops/queues", a.operator, queues)
 	app.All("/ops/queues/*", a.operator, queues)
 
+	// Prometheus metrics (also on KEYRELAY_METRICS_LISTEN, without
+	// credentials, for a private network).
+	app.Get("/metrics", a.operator, a.metricsEndpoint())
+
 	// Development
 	app.Get("/dev/mailbox", a.devMailbox)
+
+	// The staff dashboard and the visitor's booking page (GET /b/{token}),
+	// server-rendered; their routes are listed in dashboard.Mount.
+	dash, err := dashboard.New(dashboard.Deps{Accounts: a.accounts, Bookings: a.bookings, Inventory: a.inventory, Outbox: a.outbox,
+		Devices: a.devices, Scope: a.scope, Keys: a.box, Log: a.log, BoxViews: inv, Commands: cmds,
+		Production: a.cfg.Production(), Secure: a.secureCookies()})
+	if err != nil {
+		return nil, err
+	}
+	dash.Mount(app, auth, signin)
 
 	app.Use(func(c *fiber.Ctx) error {
 		return tenants.Errorf(tenants.ENotFound, "no such endpoint: %s %s", c.Method(), c.Path())

@@ -41,15 +41,21 @@ func TestMain(m *testing.M) {
 // globalTables are the tables of schema public that belong to no tenant and so
 // carry no row-level security. Adding a table here needs a reason: the
 // application role must not be able to reach tenant data through it.
-var globalTables = []string{"goose_db_version"}
+var globalTables = []string{
+	"goose_db_version",
+	// Platform data: the operator's firmware releases per model, the same
+	// for every tenant; the application may only read them (00017).
+	"firmware_releases",
+}
 
 // pathRoles are the NOLOGIN roles that own the narrowly granted
 // cross-tenant paths (see the package doc), with the table-level privileges
 // each may hold; anything else they read or change is granted by column.
 var pathRoles = map[string][]string{
-	"keyrelay_lookup":  nil,
-	"keyrelay_relay":   nil,
-	"keyrelay_janitor": {"sessions:DELETE", "password_resets:DELETE", "login_challenges:DELETE"},
+	"keyrelay_lookup":   nil,
+	"keyrelay_relay":    nil,
+	"keyrelay_janitor":  {"sessions:DELETE", "password_resets:DELETE", "login_challenges:DELETE", "pickup_challenges:DELETE"},
+	"keyrelay_firmware": nil,
 }
 
 // secretColumns are never readable by a path role.
@@ -61,7 +67,10 @@ var secretColumns = [][2]string{
 	{"recovery_codes", "code_hash"}, {"tenant_providers", "settings"},
 	{"box_credentials", "secret_sealed"}, {"box_provisioning_tokens", "token_hash"},
 	{"pickup_challenges", "code_hash"}, {"codes", "code_hash"}, {"codes", "code_sealed"},
+	{"offline_derived_codes", "tag_hash"}, {"offline_derived_codes", "code_sealed"}, {"box_journal", "derived_tag_hash"},
 	{"bookings", "url_token_hash"}, {"bookings", "url_token_sealed"}, {"bookings", "visitor_phone"}, {"bookings", "visitor_email"},
+	{"webhook_endpoints", "secret_sealed"}, {"webhook_endpoints", "url"}, {"webhook_deliveries", "payload"},
+	{"pickup_challenges", "phone"}, {"bookings", "visitor_name"}, {"alias_codes", "visitor_name"}, {"alias_codes", "visitor_phone"}, {"alias_codes", "visitor_email"},
 }
 
 // securityDefiners are the SECURITY DEFINER functions allowed in schema
@@ -69,10 +78,24 @@ var secretColumns = [][2]string{
 var securityDefiners = map[string]string{
 	"login_candidates(text)":             "keyrelay_lookup",
 	"outbox_pending(integer)":            "keyrelay_relay",
+	"outbox_lag()":                       "keyrelay_relay", // metrics (00021)
+	"box_status_counts()":                "keyrelay_relay", // metrics (00021)
 	"outbox_mark_relayed(uuid[],uuid[])": "keyrelay_relay",
 	"outbox_tenant(uuid)":                "keyrelay_relay",
 	"outbox_reclaim(integer)":            "keyrelay_relay",
 	"janitor_sweep(interval)":            "keyrelay_janitor",
+	// Retention and erasure (00022).
+	"retention_purge_messages(interval,integer)":                                   "keyrelay_janitor",
+	"retention_sweep_challenges()":                                                 "keyrelay_janitor",
+	"retention_visitor_tenants(timestamp with time zone)":                          "keyrelay_janitor",
+	"audit_pseudonymise(uuid[],text)":                                              "keyrelay_janitor",
+	"webhook_claim(integer,interval)":                                              "keyrelay_relay",
+	"keys_overdue(integer)":                                                        "keyrelay_relay",
+	"firmware_release_create(uuid,text,text,bigint,integer,text,bigint,text,text)": "keyrelay_firmware",
+	"firmware_release_advance(uuid,bigint,bigint,bytea)":                           "keyrelay_firmware",
+	"firmware_release_publish(uuid,bytea,bytea,text)":                              "keyrelay_firmware",
+	"firmware_rollouts_overview(text[],integer)":                                   "keyrelay_firmware",
+	"firmware_rollout_tenant(uuid)":                                                "keyrelay_firmware",
 }
 
 // roleScopedPolicies (table.policy) are the policies that do not compare
@@ -82,15 +105,27 @@ var roleScopedPolicies = map[string]struct {
 	cmd   string
 	roles []string
 }{
-	"users.lookup_by_email":           {cmd: "SELECT", roles: []string{"keyrelay_lookup"}},
-	"outbox.relay_read":               {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
-	"outbox.relay_mark":               {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
-	"sessions.janitor_read":           {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"sessions.janitor_delete":         {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
-	"password_resets.janitor_read":    {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"password_resets.janitor_delete":  {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
-	"login_challenges.janitor_read":   {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"login_challenges.janitor_delete": {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"users.lookup_by_email":            {cmd: "SELECT", roles: []string{"keyrelay_lookup"}},
+	"outbox.relay_read":                {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
+	"outbox.relay_mark":                {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
+	"sessions.janitor_read":            {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"sessions.janitor_delete":          {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"password_resets.janitor_read":     {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"password_resets.janitor_delete":   {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"login_challenges.janitor_read":    {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"login_challenges.janitor_delete":  {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"webhook_deliveries.relay_read":    {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
+	"webhook_deliveries.relay_claim":   {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
+	"keys.relay_read":                  {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
+	"box_status.relay_read":            {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // metrics (00021)
+	"boxes.relay_read":                 {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // metrics (00021)
+	"firmware_rollouts.firmware_read":  {cmd: "SELECT", roles: []string{"keyrelay_firmware"}},
+	"outbox.janitor_read":              {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"outbox.janitor_purge":             {cmd: "UPDATE", roles: []string{"keyrelay_janitor"}},
+	"pickup_challenges.janitor_read":   {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"pickup_challenges.janitor_delete": {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"bookings.janitor_read":            {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"alias_codes.janitor_read":         {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
 }
 
 func ownerConn(t *testing.T, rawURL string) *pgx.Conn {

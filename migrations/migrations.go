@@ -14,6 +14,10 @@
 //     messages of a delivery worker whose claim expired (00009).
 //   - keyrelay_janitor: NOLOGIN; owns janitor_sweep, which deletes expired
 //     sessions and reset tokens in every tenant (00002).
+//   - keyrelay_firmware: NOLOGIN; owns the firmware_release_* functions,
+//     the only writes to the global release catalogue, and
+//     firmware_rollouts_overview and firmware_rollout_tenant, the platform
+//     operator's view of rollouts across tenants (ids and states, 00017).
 //
 // Cross-tenant work is only ever done through these narrowly granted paths:
 // SECURITY DEFINER functions owned by a NOLOGIN role that has column-level
@@ -43,7 +47,7 @@ var files embed.FS
 const AppGroupRole = "keyrelay_app"
 
 // pathRoles own the cross-tenant functions, one role per path.
-var pathRoles = []string{"keyrelay_lookup", "keyrelay_relay", "keyrelay_janitor"}
+var pathRoles = []string{"keyrelay_lookup", "keyrelay_relay", "keyrelay_janitor", "keyrelay_firmware"}
 
 // Up creates the owner's database if it is missing, makes sure the roles
 // exist, and applies every pending migration. It is safe to run from several

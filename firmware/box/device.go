@@ -30,6 +30,9 @@ type Device struct {
 	// PowerSource and BatteryLevel are reported in heartbeats.
 	PowerSource  string
 	BatteryLevel int
+	// Bundles, when set, fetches the offline bundle when the platform
+	// says a new one is ready (MS4 and MS5).
+	Bundles *Bundles
 }
 
 // ScreenCode is the code the device's screen shows now.
@@ -110,8 +113,16 @@ func (d *Device) carryOut(ctx context.Context, c commands.Command) (commands.Res
 			return commands.Failed, err.Error()
 		}
 		return commands.Done, ""
+	case commands.BundleReady:
+		if d.Bundles == nil {
+			return commands.Done, "no offline mode"
+		}
+		if _, err := d.Bundles.Fetch(ctx); err != nil {
+			return commands.Failed, err.Error()
+		}
+		return commands.Done, ""
 	default:
-		// Bundles and firmware are fetched by their own loops.
+		// Firmware is fetched by its own loop.
 		return commands.Done, "noted"
 	}
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
 // Config holds the thresholds.
@@ -212,6 +213,11 @@ func (s *Service) alert(ctx context.Context, p tenants.Principal, kind, box stri
 	if err := s.alerts.AlertAdmins(ctx, kind, data); err != nil {
 		return err
 	}
+	// The audit action is the webhook event's name (box.power_lost,
+	// box.battery_low).
+	if err := webhooks.Emit(ctx, action, map[string]any{"box_id": p.BoxID, "box_name": box, "battery_level": battery}); err != nil {
+		return err
+	}
 	return audit.Record(ctx, "box:"+p.BoxID.String(), action, "box:"+p.BoxID.String(), details)
 }
 
@@ -317,7 +323,11 @@ func (s *Service) alertOffline(ctx context.Context, boxID uuid.UUID) error {
 		return fmt.Errorf("health: note alert: %w", err)
 	}
 	minutes := strconv.Itoa(int(now.Sub(st.Since).Minutes()))
-	if err := s.alerts.AlertAdmins(ctx, "box_offline", map[string]string{"box": s.boxName(ctx, boxID), "minutes": minutes, "since": st.Since.UTC().Format(time.RFC3339)}); err != nil {
+	name := s.boxName(ctx, boxID)
+	if err := s.alerts.AlertAdmins(ctx, "box_offline", map[string]string{"box": name, "minutes": minutes, "since": st.Since.UTC().Format(time.RFC3339)}); err != nil {
+		return err
+	}
+	if err := webhooks.Emit(ctx, webhooks.BoxOffline, map[string]any{"box_id": boxID, "box_name": name, "offline_since": st.Since.UTC()}); err != nil {
 		return err
 	}
 	return audit.Record(ctx, "platform", "box.offline_alerted", "box:"+boxID.String(), map[string]string{"minutes": minutes})

@@ -21,6 +21,11 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/keyrelay/keyrelay/jobs"
 	"github.com/keyrelay/keyrelay/plugins/sdk"
@@ -51,6 +56,19 @@ type Config struct {
 	Parallel int
 	// TaskTimeout bounds a retry task, as the relay's bounds the others.
 	TaskTimeout time.Duration
+	// Outcomes, when set, counts each recorded outcome.
+	Outcomes Outcomes
+	// Tracer, when set, records a span per task, continuing the trace the
+	// task's headers carry (the relay's, from the request that wrote the
+	// message).
+	Tracer trace.Tracer
+}
+
+// Outcomes counts what became of messages (the platform's metrics): the
+// provider, the channel and the status recorded, "retry" for a temporary
+// failure that will be tried again. No recipient, no content.
+type Outcomes interface {
+	MessageOutcome(provider, channel, status string)
 }
 
 // DefaultConfig matches relay.DefaultConfig.
@@ -81,11 +99,23 @@ func NewHandler(store *Store, send Sender, queue Enqueuer, tpl *Templates, unava
 	if cfg.TaskTimeout <= 0 {
 		cfg.TaskTimeout = DefaultConfig().TaskTimeout
 	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("")
+	}
 	return &Handler{store: store, send: send, queue: queue, tpl: tpl, unavailable: unavailable, cfg: cfg, log: log}
 }
 
 // ProcessTask implements asynq.Handler.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
+	ctx = traceContext.Extract(ctx, propagation.MapCarrier(t.Headers()))
+	ctx, span := h.cfg.Tracer.Start(ctx, "delivery job", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("task.type", t.Type())))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, "delivery task failed")
+		}
+		span.End()
+	}()
 	if t.Type() == jobs.TypeDeliverBatch {
 		b, err := jobs.DecodeDeliverBatch(t.Payload())
 		if err != nil {
@@ -166,7 +196,10 @@ func (h *Handler) deliverBatch(ctx context.Context, b jobs.DeliverBatch) error {
 func (h *Handler) retryLater(ctx context.Context, tenantID uuid.UUID, r result) error {
 	attempts := r.row.Attempts + 1
 	d := jobs.Deliver{TenantID: tenantID, MessageID: r.row.ID, Rev: r.row.ScheduleRev, Attempts: attempts}
-	task := asynq.NewTask(jobs.TypeDeliver, d.Encode())
+	// The retry continues this task's trace.
+	headers := propagation.MapCarrier{}
+	traceContext.Inject(ctx, headers)
+	task := asynq.NewTaskWithHeaders(jobs.TypeDeliver, d.Encode(), headers)
 	_, err := h.queue.EnqueueContext(context.WithoutCancel(ctx), task,
 		asynq.TaskID(d.TaskID()), asynq.Queue(queueOf(r.row.Priority)),
 		asynq.MaxRetry(max(h.cfg.MaxRetry-attempts, 0)), asynq.Timeout(h.cfg.TaskTimeout),
@@ -176,6 +209,9 @@ func (h *Handler) retryLater(ctx context.Context, tenantID uuid.UUID, r result) 
 	}
 	return nil
 }
+
+// traceContext is the W3C propagation the relay and delivery agree on.
+var traceContext = propagation.TraceContext{}
 
 func queueOf(p outbox.Priority) string {
 	if _, ok := jobs.Queues[string(p)]; ok {
@@ -233,6 +269,18 @@ func (h *Handler) attempt(ctx context.Context, tenantID uuid.UUID, refs []outbox
 		// lease ends, then the messages go out again and their ids let the
 		// providers drop the duplicates.
 		return nil, fmt.Errorf("delivery: record %d outcomes: %w", len(outs), err)
+	}
+	if h.cfg.Outcomes != nil {
+		for _, r := range results {
+			status, provider := string(r.out.Status), r.out.Provider
+			if r.retry {
+				status = "retry"
+			}
+			if provider == "" {
+				provider = "none"
+			}
+			h.cfg.Outcomes.MessageOutcome(provider, string(r.row.Channel), status)
+		}
 	}
 	return results, nil
 }

@@ -15,7 +15,7 @@ func TestTemplates(t *testing.T) {
 	slices.Sort(en)
 	slices.Sort(fr)
 	for _, kind := range []string{"access_instructions", "login_code", "exchange_code", "password_reset", "return_reminder", "invitation", "password_changed", "security_changed", "held_booking_reminder", "alias_code",
-		"box_cooldown", "booking_locked", "inventory_flag", "box_power_lost", "box_battery_low", "box_offline"} {
+		"box_cooldown", "booking_locked", "inventory_flag", "box_power_lost", "box_battery_low", "box_offline", "key_overdue", "sync_conflict"} {
 		if !slices.Contains(en, kind) || !slices.Contains(fr, kind) {
 			t.Errorf("%s is missing in English or French", kind)
 		}

@@ -34,6 +34,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"gorm.io/gorm"
 
 	"github.com/keyrelay/keyrelay/jobs"
@@ -58,6 +63,10 @@ type Config struct {
 	// finished task would cost Redis work and memory per message.
 	Retention   time.Duration
 	TaskTimeout time.Duration
+	// Tracer, when set, continues the trace of the request that wrote a
+	// row: its enqueue span is the child of the row's outbox write and the
+	// parent of the delivery job (through the task's headers).
+	Tracer trace.Tracer
 }
 
 // DefaultConfig is tuned for latency and throughput on one node.
@@ -75,6 +84,9 @@ type Relay struct {
 
 // New returns a relay over the application role's pool.
 func New(db *gorm.DB, q Enqueuer, cfg Config, log *slog.Logger) *Relay {
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("")
+	}
 	return &Relay{db: db, q: q, cfg: cfg, log: log}
 }
 
@@ -189,6 +201,9 @@ type pending struct {
 	Priority    string
 	NotBefore   *time.Time
 	ScheduleRev int
+	// TraceParent is the W3C trace context of the span that wrote the row,
+	// when tracing was on.
+	TraceParent *string
 }
 
 // Reclaim drops the claims whose lease ran out and hands their queued
@@ -215,7 +230,7 @@ func (r *Relay) pass(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("relay: %w", err)
 	}
 	var rows []pending
-	if err := tx.Raw("SELECT tenant_id, id, priority, not_before, schedule_rev FROM outbox_pending(?)", r.cfg.Batch).Scan(&rows).Error; err != nil {
+	if err := tx.Raw("SELECT tenant_id, id, priority, not_before, schedule_rev, trace_parent FROM outbox_pending(?)", r.cfg.Batch).Scan(&rows).Error; err != nil {
 		return 0, fmt.Errorf("relay: pending: %w", err)
 	}
 	if len(rows) == 0 {
@@ -335,7 +350,7 @@ func (r *Relay) enqueue(ctx context.Context, tasks []task) []bool {
 				if failed.Load() {
 					continue
 				}
-				_, err := r.q.EnqueueContext(ctx, tasks[i].task, tasks[i].opts...)
+				_, err := r.enqueueTraced(ctx, tasks[i])
 				if done[i] = err == nil || errors.Is(err, asynq.ErrTaskIDConflict); !done[i] {
 					failed.Store(true)
 				}
@@ -349,6 +364,46 @@ func (r *Relay) enqueue(ctx context.Context, tasks []task) []bool {
 	wg.Wait()
 	return done
 }
+
+// enqueueTraced enqueues t under a span that continues the trace of its
+// first traced row, linked to the other rows' traces; the span's context
+// travels in the task's headers. Rows written without tracing make no span:
+// a pass of the relay is not a trace of its own.
+func (r *Relay) enqueueTraced(ctx context.Context, t task) (*asynq.TaskInfo, error) {
+	var parent context.Context
+	var links []trace.Link
+	for _, row := range t.rows {
+		if row.TraceParent == nil {
+			continue
+		}
+		rc := traceContext.Extract(ctx, propagation.MapCarrier{"traceparent": *row.TraceParent})
+		sc := trace.SpanContextFromContext(rc)
+		if !sc.IsValid() {
+			continue
+		}
+		if parent == nil {
+			parent = rc
+		} else {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	if parent == nil {
+		return r.q.EnqueueContext(ctx, t.task, t.opts...)
+	}
+	sctx, span := r.cfg.Tracer.Start(parent, "outbox relay", trace.WithSpanKind(trace.SpanKindProducer), trace.WithLinks(links...),
+		trace.WithAttributes(attribute.String("task.type", t.task.Type()), attribute.Int("messages", len(t.rows))))
+	defer span.End()
+	headers := propagation.MapCarrier{}
+	traceContext.Inject(sctx, headers)
+	info, err := r.q.EnqueueContext(ctx, asynq.NewTaskWithHeaders(t.task.Type(), t.task.Payload(), headers), t.opts...)
+	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		span.SetStatus(codes.Error, "enqueue failed")
+	}
+	return info, err
+}
+
+// traceContext is the W3C propagation the relay and delivery agree on.
+var traceContext = propagation.TraceContext{}
 
 // uuidArray renders ids as a PostgreSQL array literal for one bound
 // parameter; uuids need no quoting.

@@ -40,6 +40,11 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/keyrelay/keyrelay/plugins/sdk"
 )
 
@@ -90,6 +95,13 @@ type Config struct {
 	// failure count afresh [1m].
 	StableAfter time.Duration
 
+	// OnRestart, when set, is told each time a plugin failed and its
+	// restart is scheduled (the platform's restart counter). It runs under
+	// the plugin's lock: it must not block.
+	OnRestart func(provider string)
+	// Tracer, when set, records a span per Send.
+	Tracer trace.Tracer
+
 	// noDeathSignal turns off the Linux parent-death signal, so tests can
 	// show the SDK's own parent watch stops orphans.
 	noDeathSignal bool
@@ -117,6 +129,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Tracer == nil {
+		c.Tracer = tracenoop.NewTracerProvider().Tracer("")
 	}
 }
 
@@ -275,7 +290,15 @@ func (h *Host) callContext(ctx context.Context) (context.Context, context.Cancel
 }
 
 // Send delivers msg through the named provider, with msg.Settings.
-func (h *Host) Send(ctx context.Context, provider string, msg sdk.Message) (sdk.Receipt, error) {
+func (h *Host) Send(ctx context.Context, provider string, msg sdk.Message) (_ sdk.Receipt, err error) {
+	ctx, span := h.cfg.Tracer.Start(ctx, "plugin send", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("provider", provider), attribute.String("channel", string(msg.Channel))))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, "send failed")
+		}
+		span.End()
+	}()
 	s, err := h.slot(provider)
 	if err != nil {
 		return sdk.Receipt{}, err

@@ -285,6 +285,9 @@ func (s *slot) recordFailureLocked(cause error, uptime time.Duration) {
 	if s.closed {
 		return
 	}
+	if cfg.OnRestart != nil {
+		cfg.OnRestart(s.manifest.Name)
+	}
 	if s.timer != nil {
 		s.timer.Stop()
 	}

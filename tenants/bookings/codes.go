@@ -195,6 +195,19 @@ func (s *Service) openCode(ctx context.Context, codeID uuid.UUID) (string, error
 	return string(plain), nil
 }
 
+// OpenSealedCode returns the digits of a codes row from its code_sealed,
+// for the offline bundle's verifiers (firmware/bundles), which read many
+// codes in one query.
+func OpenSealedCode(keys interface {
+	Open(sealed, context []byte) ([]byte, error)
+}, tenantID, codeID uuid.UUID, sealed []byte) (string, error) {
+	plain, err := keys.Open(sealed, codeSealContext(tenantID, codeID))
+	if err != nil {
+		return "", wrap("open code", err)
+	}
+	return string(plain), nil
+}
+
 // urlTokenLen is the random part of a booking URL token: 128 bits.
 const urlTokenLen = 16
 

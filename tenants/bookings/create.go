@@ -10,6 +10,7 @@ import (
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
+	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
 // NewBookingInput is what a desk or an integration gives to grant access.
@@ -185,6 +186,9 @@ func (s *Service) Create(ctx context.Context, in NewBookingInput) (View, error) 
 		details["alias_code_id"] = alias.ID.String()
 	}
 	if err := audit.Record(ctx, p.Actor(), "booking.created", "booking:"+b.ID.String(), details); err != nil {
+		return View{}, err
+	}
+	if err := emit(ctx, webhooks.BookingCreated, b, now); err != nil {
 		return View{}, err
 	}
 	return s.view(b, k, code, url, now), nil

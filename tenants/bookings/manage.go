@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
 // row is a booking with the key and box it belongs to.
@@ -266,6 +267,9 @@ func (s *Service) Update(ctx context.Context, id uuid.UUID, in BookingPatch) (Vi
 	if err := audit.Record(ctx, p.Actor(), "booking.updated", "booking:"+b.ID.String(), changed); err != nil {
 		return View{}, err
 	}
+	if err := emit(ctx, webhooks.BookingUpdated, b, now); err != nil {
+		return View{}, err
+	}
 	r.Booking = b
 	return s.fullView(ctx, r)
 }
@@ -351,6 +355,9 @@ func (s *Service) Release(ctx context.Context, id uuid.UUID) (View, error) {
 	if err := s.scheduleHeldReminders(ctx, r.Booking, k); err != nil {
 		return View{}, err
 	}
+	if err := emit(ctx, webhooks.BookingReleased, r.Booking, now); err != nil {
+		return View{}, err
+	}
 	return v, audit.Record(ctx, p.Actor(), "booking.released", "booking:"+id.String(), nil)
 }
 
@@ -394,6 +401,9 @@ func (s *Service) Revoke(ctx context.Context, id uuid.UUID) (View, error) {
 		return View{}, err
 	}
 	if err := audit.Record(ctx, p.Actor(), "booking.revoked", "booking:"+id.String(), nil); err != nil {
+		return View{}, err
+	}
+	if err := emit(ctx, webhooks.BookingRevoked, r.Booking, now); err != nil {
 		return View{}, err
 	}
 	return s.fullView(ctx, r)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
 // Event is one thing that happened at the box, as it happened.
@@ -135,7 +136,11 @@ func (s *Service) keyTaken(ctx context.Context, p tenants.Principal, e Event) er
 	if e.AccessID != nil {
 		details["booking"] = e.AccessID.String()
 	}
-	return s.record(ctx, p, "key.picked_up", "box", e.At, details)
+	if err := s.record(ctx, p, "key.picked_up", "box", e.At, details); err != nil {
+		return err
+	}
+	return webhooks.Emit(ctx, webhooks.KeyPickedUp, map[string]any{"key_id": k.ID, "box_id": p.BoxID, "bin": e.Bin,
+		"booking_id": e.AccessID, "at": now.UTC(), "due_at": until})
 }
 
 type placed struct {
@@ -209,6 +214,10 @@ func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) (
 			details["booking"] = k.OutAccessID.String()
 		}
 		if err := s.record(ctx, p, "key.returned", "box", e.At, details); err != nil {
+			return nil, err
+		}
+		if err := webhooks.Emit(ctx, webhooks.KeyReturned, map[string]any{"key_id": k.ID, "key_name": k.Name, "box_id": p.BoxID, "bin": e.Bin,
+			"booking_id": k.OutAccessID, "at": now.UTC()}); err != nil {
 			return nil, err
 		}
 	default: // in another bin or box according to the records

@@ -68,7 +68,13 @@ type Secrets interface {
 	Secret(ctx context.Context, boxID uuid.UUID) ([]byte, error)
 }
 
-// Deps are the service's collaborators.
+// Observer counts pickup outcomes (the platform's metrics). Only what the
+// box was told is passed: a result and a denial reason, never a code.
+type Observer interface {
+	PickupOutcome(result, reason string)
+}
+
+// Deps are the service's collaborators. Observer may be nil.
 type Deps struct {
 	Accounts Accounts
 	Messages Messages
@@ -76,6 +82,7 @@ type Deps struct {
 	Guard    *guard.Guard
 	Commands Commands
 	Secrets  Secrets
+	Observer Observer
 }
 
 // Service runs pickups, dropoffs and bin reports.
@@ -86,13 +93,23 @@ type Service struct {
 	guard    *guard.Guard
 	commands Commands
 	secrets  Secrets
+	observer Observer
 	cfg      Config
 	now      func() time.Time
 }
 
 // New returns the service.
 func New(d Deps, cfg Config) *Service {
-	return &Service{accounts: d.Accounts, messages: d.Messages, keys: d.Keys, guard: d.Guard, commands: d.Commands, secrets: d.Secrets, cfg: cfg, now: time.Now}
+	return &Service{accounts: d.Accounts, messages: d.Messages, keys: d.Keys, guard: d.Guard, commands: d.Commands, secrets: d.Secrets, observer: d.Observer, cfg: cfg, now: time.Now}
+}
+
+// observe counts a pickup step's outcome once its transaction has committed:
+// a step rolled back told the box nothing that stands.
+func (s *Service) observe(ctx context.Context, res Result, err error) {
+	if s.observer == nil || err != nil || res.Result == "" {
+		return
+	}
+	tenants.AfterCommit(ctx, func() { s.observer.PickupOutcome(res.Result, res.Reason) })
 }
 
 // Result is what the box shows. Fields are set by result:

@@ -33,7 +33,8 @@ type PickupInput struct {
 }
 
 // Pickup starts or completes a pickup.
-func (s *Service) Pickup(ctx context.Context, in PickupInput) (Result, error) {
+func (s *Service) Pickup(ctx context.Context, in PickupInput) (res Result, err error) {
+	defer func() { s.observe(ctx, res, err) }()
 	p, err := box(ctx)
 	if err != nil {
 		return Result{}, err
@@ -484,7 +485,8 @@ type VerifyInput struct {
 
 // Verify checks the second factor of a pickup by phone and opens the bin
 // of the chosen key.
-func (s *Service) Verify(ctx context.Context, in VerifyInput) (Result, error) {
+func (s *Service) Verify(ctx context.Context, in VerifyInput) (res Result, err error) {
+	defer func() { s.observe(ctx, res, err) }()
 	p, err := box(ctx)
 	if err != nil {
 		return Result{}, err

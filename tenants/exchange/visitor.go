@@ -30,7 +30,8 @@ type OpenInput struct {
 // by itself: the visitor types the code the box's screen shows, which
 // proves they stand there, and the box gets an open-bin command. ctx
 // carries the tenant transaction the token names (bookings.TenantOfURLToken).
-func (s *Service) OpenFromPage(ctx context.Context, token string, in OpenInput) (Result, error) {
+func (s *Service) OpenFromPage(ctx context.Context, token string, in OpenInput) (res Result, err error) {
+	defer func() { s.observe(ctx, res, err) }()
 	tenantID, ok := tenants.TenantOf(ctx)
 	if !ok {
 		return Result{}, errors.New("exchange: no tenant transaction")
