@@ -2,7 +2,7 @@
 GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test vet fmt migrate build ci
+.PHONY: run test vet fmt migrate build ci bench
 
 run:     ## migrate, create the demo tenant, serve on 127.0.0.1:8080
 	$(GO) run ./app
@@ -24,3 +24,6 @@ build:
 
 ci:
 	bash .ci/run
+
+bench:   ## issues 6 and 7: create, pickup and list against pgbench (deploy/bench/README.md); ARGS=-keep etc.
+	$(GO) run ./deploy/bench $(ARGS) $(or $(SCENARIO),all)

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+)
+
+// pgbench substitutes :name anywhere in a statement, string literals
+// included; a stray one fails the run ("bind message supplies …"). Only
+// the variables the scripts set themselves may appear.
+func TestScriptVariables(t *testing.T) {
+	id := uuid.New()
+	re := regexp.MustCompile(`(?:^|[^:]):'?([A-Za-z_][A-Za-z0-9_]*)`) // "::type" is a cast, left alone
+	for name, s := range map[string]string{
+		"create":          createScript(id, id, id, "krk_secret", false),
+		"create+webhooks": createScript(id, id, id, "krk_secret", true),
+		"pickup":          pickupScript(id, id, id, id, id, []byte{1, 2, 3}, 4),
+	} {
+		defined := map[string]bool{}
+		for _, m := range regexp.MustCompile(`\\set (\w+)|AS (\w+) \\gset`).FindAllStringSubmatch(s, -1) {
+			defined[m[1]+m[2]] = true
+		}
+		for _, m := range re.FindAllStringSubmatch(s, -1) {
+			if !defined[m[1]] {
+				t.Errorf("%s: pgbench would read :%s as a variable", name, m[1])
+			}
+		}
+		if !strings.HasPrefix(strings.TrimSpace(strings.SplitN(s, "\n", 2)[0]), `\set`) && !strings.HasPrefix(s, "BEGIN;") {
+			t.Errorf("%s: does not open its transaction first", name)
+		}
+	}
+}
+
+// The EXPLAIN of the README must be of the query the server sends.
+func TestListSQLFollowsBookings(t *testing.T) {
+	src, err := os.ReadFile("../../tenants/bookings/manage.go")
+	if err != nil {
+		t.Skip("tenants/bookings not beside the bench:", err)
+	}
+	for _, frag := range []string{
+		"FROM bookings bk\n\tJOIN keys k ON k.tenant_id = bk.tenant_id AND k.id = bk.key_id",
+		"JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id",
+		`" ORDER BY bk.id DESC LIMIT @limit"`,
+	} {
+		if !strings.Contains(string(src), frag) {
+			t.Errorf("tenants/bookings/manage.go no longer has %q: update listSQL", frag)
+		}
+	}
+}

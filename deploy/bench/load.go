@@ -1,0 +1,207 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+)
+
+// httpRun is one vegeta attack and what came back.
+type httpRun struct {
+	name  string
+	rate  int // 0: as fast as the workers go
+	m     vegeta.Metrics
+	wrong int // answered, but not what the scenario expects (status or body)
+	first string
+}
+
+// attack runs tr at rate (0: max rate with workers workers) for d, and
+// checks every answer with ok.
+func attack(name string, tr vegeta.Targeter, rate, workers int, d time.Duration, ok func(*vegeta.Result) bool) httpRun {
+	opts := []func(*vegeta.Attacker){vegeta.KeepAlive(true), vegeta.Timeout(10 * time.Second), vegeta.Connections(64)}
+	pacer := vegeta.ConstantPacer{Freq: rate, Per: time.Second}
+	if rate == 0 {
+		opts = append(opts, vegeta.Workers(uint64(workers)), vegeta.MaxWorkers(uint64(workers)))
+	} else {
+		opts = append(opts, vegeta.Workers(uint64(workers)))
+	}
+	atk := vegeta.NewAttacker(opts...)
+	r := httpRun{name: name, rate: rate}
+	for res := range atk.Attack(tr, pacer, d, name) {
+		r.m.Add(res)
+		if res.Error == "" && !ok(res) {
+			r.wrong++
+			if r.first == "" {
+				r.first = fmt.Sprintf("%d %s", res.Code, truncate(string(res.Body), 300))
+			}
+		}
+		res.Body = nil
+	}
+	r.m.Close()
+	if len(r.m.Errors) > 0 && r.first == "" {
+		r.first = r.m.Errors[0]
+	}
+	return r
+}
+
+// goodPerSecond is the rate of answers that were what the scenario wants.
+func (r httpRun) goodPerSecond() float64 {
+	good := float64(r.m.Requests)*r.m.Success - float64(r.wrong)
+	if r.m.Duration+r.m.Wait <= 0 {
+		return 0
+	}
+	return good / (r.m.Duration + r.m.Wait).Seconds()
+}
+
+func (r httpRun) line() string {
+	target := "max"
+	if r.rate > 0 {
+		target = fmt.Sprintf("%d/s", r.rate)
+	}
+	s := fmt.Sprintf("| %s | %s | %d | %.0f/s | %.1f%% | %s | %s | %s | %s |", r.name, target, r.m.Requests, r.goodPerSecond(),
+		100*(r.m.Success-float64(r.wrong)/float64(max(r.m.Requests, 1))), ms(r.m.Latencies.P50), ms(r.m.Latencies.P95), ms(r.m.Latencies.P99), ms(r.m.Latencies.Max))
+	if r.first != "" {
+		s += "\n\n  first unexpected answer: " + r.first + "\n"
+	}
+	return s
+}
+
+const httpHeader = "| run | rate | requests | good answers | success | p50 | p95 | p99 | max |\n|---|---|---|---|---|---|---|---|---|"
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// pgbenchRun is one pgbench run.
+type pgbenchRun struct {
+	tps     float64
+	latency float64 // average, ms
+	failed  int
+	txs     int
+}
+
+var (
+	reTPS     = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+	reLatency = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
+	reFailed  = regexp.MustCompile(`number of failed transactions: ([0-9]+)`)
+	reTxs     = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
+)
+
+// pgbench runs the scripts (chosen at random per transaction, as pgbench
+// does with several -f) as the application role.
+func (e *env) pgbench(scripts []string) (pgbenchRun, error) {
+	args := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(e.o.clients), "-j", "2", "-T", strconv.Itoa(int(e.o.duration.Seconds()))}
+	for _, s := range scripts {
+		args = append(args, "-f", s)
+	}
+	args = append(args, e.pgbenchConn()...)
+	cmd := exec.Command("pgbench", args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, io.MultiWriter(&out, errorsOnly{})
+	if err := cmd.Run(); err != nil {
+		return pgbenchRun{}, fmt.Errorf("pgbench: %w\n%s", err, truncate(out.String(), 4000))
+	}
+	var r pgbenchRun
+	text := out.String()
+	m := reTPS.FindStringSubmatch(text)
+	if m == nil {
+		return r, fmt.Errorf("pgbench: no tps in its output:\n%s", text)
+	}
+	r.tps, _ = strconv.ParseFloat(m[1], 64)
+	if m := reLatency.FindStringSubmatch(text); m != nil {
+		r.latency, _ = strconv.ParseFloat(m[1], 64)
+	}
+	if m := reFailed.FindStringSubmatch(text); m != nil {
+		r.failed, _ = strconv.Atoi(m[1])
+	}
+	if m := reTxs.FindStringSubmatch(text); m != nil {
+		r.txs, _ = strconv.Atoi(m[1])
+	}
+	if r.failed > 0 {
+		return r, fmt.Errorf("pgbench: %d failed transactions:\n%s", r.failed, text)
+	}
+	return r, nil
+}
+
+// errorsOnly passes pgbench's stderr lines that are errors to the terminal.
+type errorsOnly struct{}
+
+func (errorsOnly) Write(p []byte) (int, error) {
+	for _, l := range strings.Split(string(p), "\n") {
+		if strings.Contains(l, "ERROR") || strings.Contains(l, "aborted") {
+			fmt.Fprintln(os.Stderr, "pgbench:", l)
+		}
+	}
+	return len(p), nil
+}
+
+// section is one scenario's report.
+type section struct {
+	title    string
+	lines    []string
+	verdicts []verdict
+}
+
+type verdict struct {
+	what, measured, target string
+	pass                   bool
+}
+
+func (s *section) add(format string, args ...any) {
+	s.lines = append(s.lines, fmt.Sprintf(format, args...))
+}
+
+func (s *section) judge(what, measured, target string, pass bool) {
+	s.verdicts = append(s.verdicts, verdict{what, measured, target, pass})
+}
+
+func (s section) print(w io.Writer) {
+	fmt.Fprintf(w, "\n## %s\n\n", s.title)
+	for _, l := range s.lines {
+		fmt.Fprintln(w, l)
+	}
+	fmt.Fprintln(w)
+	s.printVerdicts(w)
+}
+
+func (s section) printVerdicts(w io.Writer) {
+	for _, v := range s.verdicts {
+		mark := "PASS"
+		if !v.pass {
+			mark = "MISS"
+		}
+		fmt.Fprintf(w, "- %s %s: %s (target %s)\n", mark, v.what, v.measured, v.target)
+	}
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	t := 0.0
+	for _, x := range xs {
+		t += x
+	}
+	return t / float64(len(xs))
+}
+
+func worst(ds []time.Duration) time.Duration {
+	sort.Slice(ds, func(i, j int) bool { return ds[i] > ds[j] })
+	if len(ds) == 0 {
+		return 0
+	}
+	return ds[0]
+}

@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/keyrelay/keyrelay/firmware/devices"
+	"github.com/keyrelay/keyrelay/tenants/bookings"
+)
+
+// benchCreate is issue 6's create-booking target: HTTP at least 50 % of
+// pgbench running the same transaction, and p99 < 20 ms at 500/s.
+func benchCreate(ctx context.Context, e *env) (section, error) {
+	sec := section{title: "Create booking (POST /api/v1/bookings)"}
+	step("create: seed two tenants (HTTP, pgbench) with %d boxes of %d keys each through the API", e.o.createBoxes, 32/e.o.createBoxes)
+	web, err := e.signup(ctx, 1)
+	if err != nil {
+		return sec, err
+	}
+	webKeys, err := e.keysAcross(ctx, web)
+	if err != nil {
+		return sec, err
+	}
+	pg, err := e.signup(ctx, 2)
+	if err != nil {
+		return sec, err
+	}
+	pgKeys, err := e.keysAcross(ctx, pg)
+	if err != nil {
+		return sec, err
+	}
+	webhooks := e.tableExists(ctx, "webhook_endpoints")
+	var scripts []string
+	for _, k := range pgKeys {
+		scripts = append(scripts, createScript(pg.ID, pg.apiKeyID, k, pg.apiKey, webhooks))
+	}
+	files, err := e.writeScripts("create", scripts)
+	if err != nil {
+		return sec, err
+	}
+
+	// Every request books its own window: key n mod 32, the n/32-th hour
+	// from tomorrow, so no two overlap and every answer should be a 201.
+	var n atomic.Int64
+	t0 := time.Now().Add(24 * time.Hour).Truncate(time.Hour)
+	url := e.baseURL + "/api/v1/bookings"
+	tr := func(t *vegeta.Target) error {
+		i := n.Add(1)
+		key := webKeys[int(i)%len(webKeys)]
+		start := t0.Add(time.Duration(i/int64(len(webKeys))) * time.Hour)
+		body, err := json.Marshal(bookingBody(key, start, start.Add(30*time.Minute)))
+		if err != nil {
+			return err
+		}
+		t.Method, t.URL, t.Body = "POST", url, body
+		t.Header = http.Header{"Authorization": {"Bearer " + web.apiKey}, "Content-Type": {"application/json"}, "Idempotency-Key": {uuid.NewString()}}
+		return nil
+	}
+	created := func(r *vegeta.Result) bool { return r.Code == 201 }
+
+	step("create: warm up")
+	attack("warm-up", tr, 100, 4, 3*time.Second, created)
+	var pgTPS, webRPS []float64
+	sec.add("pgbench `-n -M prepared -c %d -j 2 -T %d`, %d scripts (one per key), as keyrelay_app:\n", e.o.clients, int(e.o.duration.Seconds()), len(files))
+	var pgLines []string
+	var maxRuns, rateRuns []httpRun
+	for i := range e.o.runs {
+		e.drain(ctx, web.ID)
+		step("create: pgbench run %d", i+1)
+		r, err := e.pgbench(files)
+		if err != nil {
+			return sec, err
+		}
+		pgTPS = append(pgTPS, r.tps)
+		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions", i+1, r.tps, r.latency, r.txs))
+		e.drain(ctx, web.ID)
+		step("create: HTTP max rate run %d (%d workers)", i+1, e.o.clients)
+		h := attack(fmt.Sprintf("HTTP max %d", i+1), tr, 0, e.o.clients, e.o.duration, created)
+		webRPS = append(webRPS, h.goodPerSecond())
+		maxRuns = append(maxRuns, h)
+	}
+	for i := range e.o.runs {
+		e.drain(ctx, web.ID)
+		step("create: HTTP %d/s run %d", e.o.createRate, i+1)
+		rateRuns = append(rateRuns, attack(fmt.Sprintf("HTTP %d/s %d", e.o.createRate, i+1), tr, e.o.createRate, 16, e.o.duration, created))
+	}
+	sec.lines = append(sec.lines, pgLines...)
+	sec.add("\nHTTP (vegeta, keep-alive; good answers = 201):\n\n%s", httpHeader)
+	for _, r := range append(maxRuns, rateRuns...) {
+		sec.add("%s", r.line())
+	}
+	ratio := mean(webRPS) / mean(pgTPS)
+	sec.judge("create throughput HTTP/pgbench", fmt.Sprintf("%.0f/s vs %.0f tps = %.0f%%", mean(webRPS), mean(pgTPS), 100*ratio), ">= 50%", ratio >= 0.5)
+	p99 := worstP99(rateRuns)
+	sec.judge(fmt.Sprintf("create p99 at %d/s", e.o.createRate), ms(p99)+allGood(rateRuns), "< 20 ms", p99 < 20*time.Millisecond && allGood(rateRuns) == "")
+	return sec, nil
+}
+
+// keysAcross makes 32 keys spread over -create-boxes boxes. Each booking
+// marks its box's offline bundle dirty (a row lock held to commit, from
+// migrations/00015), so bookings of one box are written one at a time.
+func (e *env) keysAcross(ctx context.Context, t tenant) ([]uuid.UUID, error) {
+	var keys []uuid.UUID
+	for b := range e.o.createBoxes {
+		s, err := e.newSite(ctx, t, fmt.Sprintf("Create desk %d", b+1), 32/e.o.createBoxes)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, s.keys...)
+	}
+	return keys, nil
+}
+
+// pickupPair is a box and a valid code for a key in one of its bins.
+type pickupPair struct {
+	site    *site
+	cred    uuid.UUID
+	keyID   uuid.UUID
+	booking booking
+	bin     int
+}
+
+// benchPickup is issue 7's target: HTTP at least 60 % of pgbench running
+// the same transaction, p99 < 15 ms at 1,000/s, with a bare Fiber handler
+// beside it.
+func benchPickup(ctx context.Context, e *env) (section, error) {
+	sec := section{title: "Pickup with a booking code (POST /box/v1/pickups)"}
+	const boxes, keysPerBox = 8, 4
+	step("pickup: seed a tenant with %d provisioned boxes of %d keys, each key booked now, through the API", boxes, keysPerBox)
+	t, err := e.signup(ctx, 3)
+	if err != nil {
+		return sec, err
+	}
+	var pairs []pickupPair
+	now := time.Now()
+	for b := range boxes {
+		s, err := e.newSite(ctx, t, fmt.Sprintf("Pickup box %d", b+1), keysPerBox)
+		if err != nil {
+			return sec, err
+		}
+		if err := e.provision(ctx, t, &s); err != nil {
+			return sec, err
+		}
+		_, cred, ok := devices.ParseCredentialID(s.box.ID.CredentialID)
+		if !ok {
+			return sec, fmt.Errorf("credential id %q", s.box.ID.CredentialID)
+		}
+		for i, k := range s.keys {
+			bk, err := e.book(ctx, t, k, now.Add(-time.Hour), now.Add(30*24*time.Hour))
+			if err != nil {
+				return sec, err
+			}
+			pairs = append(pairs, pickupPair{site: &s, cred: cred, keyID: k, booking: bk, bin: i + 1})
+		}
+	}
+	var scripts []string
+	for _, p := range pairs {
+		scripts = append(scripts, pickupScript(t.ID, p.cred, p.site.boxID, p.keyID, p.booking.ID, bookings.CodeHash(e.box, t.ID, p.booking.Code), p.bin))
+	}
+	files, err := e.writeScripts("pickup", scripts)
+	if err != nil {
+		return sec, err
+	}
+	bareAddr, err := e.startBare(ctx)
+	if err != nil {
+		return sec, err
+	}
+
+	// Each request is signed with its box's device key and a fresh nonce,
+	// as a box does; the pairs go round, so every box sees a valid code.
+	targeter := func(base string) vegeta.Targeter {
+		var n atomic.Int64
+		return func(tg *vegeta.Target) error {
+			p := pairs[int(n.Add(1))%len(pairs)]
+			body, _ := json.Marshal(map[string]string{"code": p.booking.Code})
+			tg.Method, tg.URL, tg.Body = "POST", base+"/box/v1/pickups", body
+			tg.Header = http.Header{"Content-Type": {"application/json"}}
+			for k, v := range devices.Sign(p.site.box.ID.PrivateKey, p.site.box.ID.CredentialID, "POST", "/box/v1/pickups", body, time.Now()) {
+				tg.Header.Set(k, v)
+			}
+			return nil
+		}
+	}
+	opened := func(r *vegeta.Result) bool { return r.Code == 200 && bytes.Contains(r.Body, []byte(`"result":"open"`)) }
+	real, bare := targeter(e.baseURL), targeter("http://"+bareAddr)
+
+	step("pickup: warm up")
+	attack("warm-up", real, 200, 4, 3*time.Second, opened)
+	attack("warm-up", bare, 200, 4, 2*time.Second, opened)
+	e.drain(ctx, t.ID)
+	var pgTPS, webRPS, bareRPS []float64
+	var pgLines []string
+	var runs, rateRuns, bareRate []httpRun
+	for i := range e.o.runs {
+		step("pickup: pgbench run %d", i+1)
+		r, err := e.pgbench(files)
+		if err != nil {
+			return sec, err
+		}
+		pgTPS = append(pgTPS, r.tps)
+		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions", i+1, r.tps, r.latency, r.txs))
+		step("pickup: HTTP max rate run %d", i+1)
+		h := attack(fmt.Sprintf("keyrelay max %d", i+1), real, 0, e.o.clients, e.o.duration, opened)
+		webRPS = append(webRPS, h.goodPerSecond())
+		step("pickup: bare Fiber max rate run %d", i+1)
+		b := attack(fmt.Sprintf("bare Fiber max %d", i+1), bare, 0, e.o.clients, e.o.duration, opened)
+		bareRPS = append(bareRPS, b.goodPerSecond())
+		runs = append(runs, h, b)
+	}
+	for i := range e.o.runs {
+		step("pickup: HTTP %d/s run %d", e.o.pickupRate, i+1)
+		rateRuns = append(rateRuns, attack(fmt.Sprintf("keyrelay %d/s %d", e.o.pickupRate, i+1), real, e.o.pickupRate, 16, e.o.duration, opened))
+		step("pickup: bare Fiber %d/s run %d", e.o.pickupRate, i+1)
+		bareRate = append(bareRate, attack(fmt.Sprintf("bare Fiber %d/s %d", e.o.pickupRate, i+1), bare, e.o.pickupRate, 16, e.o.duration, opened))
+	}
+	sec.add("pgbench `-n -M prepared -c %d -j 2 -T %d`, %d scripts (one per box and code), as keyrelay_app:\n", e.o.clients, int(e.o.duration.Seconds()), len(files))
+	sec.lines = append(sec.lines, pgLines...)
+	sec.add("\nHTTP (vegeta, every request signed with a fresh nonce; good answers = 200 with result open):\n\n%s", httpHeader)
+	for _, r := range append(append(runs, rateRuns...), bareRate...) {
+		sec.add("%s", r.line())
+	}
+	ratio := mean(webRPS) / mean(pgTPS)
+	sec.add("\nbare Fiber max rate: %.0f/s; keyrelay reaches %.0f%% of it", mean(bareRPS), 100*mean(webRPS)/mean(bareRPS))
+	sec.judge("pickup throughput HTTP/pgbench", fmt.Sprintf("%.0f/s vs %.0f tps = %.0f%%", mean(webRPS), mean(pgTPS), 100*ratio), ">= 60%", ratio >= 0.6)
+	p99 := worstP99(rateRuns)
+	sec.judge(fmt.Sprintf("pickup p99 at %d/s", e.o.pickupRate), ms(p99)+allGood(rateRuns), "< 15 ms", p99 < 15*time.Millisecond && allGood(rateRuns) == "")
+	sec.judge(fmt.Sprintf("bare Fiber p99 at %d/s (reference)", e.o.pickupRate), ms(worstP99(bareRate)), "none", true)
+	return sec, nil
+}
+
+// startBare runs the bare Fiber handler in a process of its own, like the
+// real server.
+func (e *env) startBare(ctx context.Context) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return "", err
+	}
+	e.bare = exec.Command(self, "bare-server", addr)
+	e.bare.Stdout, e.bare.Stderr = os.Stderr, os.Stderr
+	if err := e.bare.Start(); err != nil {
+		return "", err
+	}
+	return addr, waitReady(ctx, "http://"+addr+"/readyz", e.watch(e.bare))
+}
+
+// drain waits (up to two minutes) until the workers have delivered the
+// tenant's messages that are due, so that one run's deliveries are not
+// the next run's background load.
+func (e *env) drain(ctx context.Context, tenantID uuid.UUID) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		var n int
+		if err := e.owner.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE tenant_id = $1 AND status = 'queued' AND (not_before IS NULL OR not_before <= now())`, tenantID).Scan(&n); err != nil || n == 0 {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	step("the workers still have messages to deliver after two minutes; going on")
+}
+
+func worstP99(rs []httpRun) time.Duration {
+	var ds []time.Duration
+	for _, r := range rs {
+		ds = append(ds, r.m.Latencies.P99)
+	}
+	return worst(ds)
+}
+
+// allGood is "" when every answer of rs was the expected one, else a note.
+func allGood(rs []httpRun) string {
+	bad := 0
+	for _, r := range rs {
+		bad += int(float64(r.m.Requests)*(1-r.m.Success)) + r.wrong
+	}
+	if bad == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d unexpected answers)", bad)
+}
