@@ -256,7 +256,7 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 	hcfg.OfflineAfter, hcfg.AlertAfter = cfg.BoxOfflineAfter, cfg.BoxOfflineAlertAfter
 	a.health = health.New(a.scope, a.redis, cfg.LimitPrefix+":", a.accounts, hcfg, log)
 	a.offline = offline.New(a.devices, a.box)
-	a.sync = boxsync.New(boxsync.Deps{Scope: a.scope, Offline: a.offline, Alerts: a.accounts, Emit: webhooks.Emit, Log: log.With("component", "sync")})
+	a.sync = boxsync.New(boxsync.Deps{Scope: a.scope, Offline: a.offline, Alerts: a.accounts, Emit: webhooks.Emit, Log: log.With("component", "sync"), Observer: a.metrics})
 	a.exchange = exchange.New(exchange.Deps{Accounts: a.accounts, Messages: a.outbox, Keys: a.box, Guard: a.guard, Commands: a.commands, Secrets: a.devices, Observer: a.metrics}, ecfg)
 	// Webhook URLs: https to public hosts in production; development and
 	// tests may use a local receiver.
@@ -377,5 +377,5 @@ func newBundles(a *App, cfg Config) (*bundles.Service, error) {
 	}
 	bcfg := bundles.DefaultConfig()
 	bcfg.Horizon = cfg.BundleHorizon
-	return bundles.New(bundles.Deps{Secrets: a.devices, Signer: kr, Codes: a.box, Policies: a.accounts, Commands: a.commands, Tags: a.offline}, bcfg)
+	return bundles.New(bundles.Deps{Secrets: a.devices, Signer: kr, Codes: a.box, Policies: a.accounts, Commands: a.commands, Tags: a.offline, Observer: a.metrics}, bcfg)
 }

@@ -124,6 +124,9 @@ func TestOfflineCodesEndToEnd(t *testing.T) {
 	if res.HighSeq != 5 || res.Stored != 5 || len(res.Conflicts) != 1 || res.Conflicts[0].Kind != "revoked_access" || res.Conflicts[0].Seq != 2 {
 		t.Fatalf("sync: %+v", res)
 	}
+	if fams, _ := s.scrape(t); fams.value("keyrelay_sync_events_total", nil) != 5 {
+		t.Errorf("keyrelay_sync_events_total = %v after 5 entries stored", fams.value("keyrelay_sync_events_total", nil))
+	}
 	if w := st.keyState(t, 3); w["state"] != "out" || w["access_id"] != bookingID {
 		t.Errorf("key 3: %v, want out with %s", w, bookingID)
 	}

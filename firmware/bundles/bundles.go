@@ -123,6 +123,12 @@ type Deps struct {
 	Policies Policies
 	Commands Commands
 	Tags     RevokedTags // may be nil
+	Observer Observer    // may be nil
+}
+
+// Observer counts rebuilds (the platform's metrics).
+type Observer interface {
+	BundleRebuilt(result string)
 }
 
 // Service builds and serves bundles. Every method runs in the tenant
@@ -463,8 +469,18 @@ type ReadyPayload struct {
 // Rebuild is the worker's job for one box: build, then tell the box. An
 // unacknowledged bundle_ready of an older version is expired first, so a
 // box that was offline for a day finds one command, not hundreds.
-func (s *Service) Rebuild(ctx context.Context, boxID uuid.UUID) (Built, error) {
-	out, err := s.Build(ctx, boxID)
+func (s *Service) Rebuild(ctx context.Context, boxID uuid.UUID) (out Built, err error) {
+	defer func() {
+		if s.d.Observer == nil {
+			return
+		}
+		if err != nil {
+			s.d.Observer.BundleRebuilt("error")
+			return
+		}
+		tenants.AfterCommit(ctx, func() { s.d.Observer.BundleRebuilt("ok") })
+	}()
+	out, err = s.Build(ctx, boxID)
 	if err != nil {
 		return out, err
 	}

@@ -46,16 +46,24 @@ type Deps struct {
 	Alerts  Alerts
 	Emit    Emit
 	Log     *slog.Logger
+	// Observer counts ingested entries (the platform's metrics); may be nil.
+	Observer Observer
+}
+
+// Observer counts journal entries stored, by kind.
+type Observer interface {
+	SyncEventsIngested(kind string, n int)
 }
 
 // Service ingests box journals.
 type Service struct {
-	scope   *tenants.Scope
-	offline Offline
-	alerts  Alerts
-	emit    Emit
-	log     *slog.Logger
-	now     func() time.Time
+	scope    *tenants.Scope
+	offline  Offline
+	alerts   Alerts
+	emit     Emit
+	log      *slog.Logger
+	observer Observer
+	now      func() time.Time
 }
 
 // New returns the service.
@@ -63,7 +71,7 @@ func New(d Deps) *Service {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{scope: d.Scope, offline: d.Offline, alerts: d.Alerts, emit: d.Emit, log: d.Log, now: time.Now}
+	return &Service{scope: d.Scope, offline: d.Offline, alerts: d.Alerts, emit: d.Emit, log: d.Log, observer: d.Observer, now: time.Now}
 }
 
 // State is where the server stands in a box's journal.
@@ -240,6 +248,17 @@ func (s *Service) Ingest(ctx context.Context, in Batch) (Result, error) {
 		return Result{}, fmt.Errorf("boxsync: advance state: %w", err)
 	}
 	res.HighSeq, res.Stored = top.Seq, len(evs)
+	if obs := s.observer; obs != nil {
+		byKind := map[string]int{}
+		for _, e := range evs {
+			byKind[string(e.Kind)]++
+		}
+		tenants.AfterCommit(ctx, func() {
+			for k, n := range byKind {
+				obs.SyncEventsIngested(k, n)
+			}
+		})
+	}
 	for _, c := range conflicts {
 		res.Conflicts = append(res.Conflicts, c)
 	}
