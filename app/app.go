@@ -29,6 +29,7 @@ import (
 	"github.com/keyrelay/keyrelay/firmware/signing"
 	boxsync "github.com/keyrelay/keyrelay/firmware/sync"
 	"github.com/keyrelay/keyrelay/jobs/overdue"
+	"github.com/keyrelay/keyrelay/jobs/relay"
 	"github.com/keyrelay/keyrelay/migrations"
 	"github.com/keyrelay/keyrelay/plugins/host"
 	"github.com/keyrelay/keyrelay/tenants"
@@ -210,7 +211,7 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, err
 	}
-	a.outbox = outbox.New(a.box)
+	a.outbox = outbox.New(a.box, outbox.WithWaker(relay.Waker{Redis: a.redis, Channel: a.outboxWakeChannel(), Log: log}))
 	acfg := accounts.DefaultConfig(cfg.BaseURL)
 	acfg.SessionTTL, acfg.SessionIdle = cfg.SessionTTL, cfg.SessionIdle
 	acfg.SMSPerPhoneHour, acfg.SMSPerPhoneDay = cfg.SMSPerPhoneHour, cfg.SMSPerPhoneDay
@@ -319,6 +320,11 @@ func (a *App) serveOn(ctx context.Context, ln net.Listener) error {
 	}
 	return <-errc
 }
+
+// outboxWakeChannel is where committed outbox rows are announced to the
+// relays (under the configured prefix, so that deployments sharing a
+// Redis do not wake each other).
+func (a *App) outboxWakeChannel() string { return a.cfg.LimitPrefix + ":" + relay.DefaultWakeChannel }
 
 // Close stops the plugins and releases connections.
 func (a *App) Close() {

@@ -95,8 +95,9 @@ func (a *App) runWorkers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	relayCfg := relay.DefaultConfig(a.cfg.AppDatabaseURL)
+	relayCfg := relay.DefaultConfig()
 	relayCfg.Tracer = a.tracer
+	relayCfg.Redis, relayCfg.WakeChannel = a.redis, a.outboxWakeChannel()
 	deliveryCfg := delivery.Config{MaxRetry: relayCfg.MaxRetry, Parallel: 16, TaskTimeout: relayCfg.TaskTimeout, Outcomes: a.metrics, Tracer: a.tracer}
 	handler := delivery.NewHandler(delivery.NewStore(a.scope, a.outbox, a.providers), a.plugins, a.queue, tpl,
 		func(err error) bool { return errors.Is(err, host.ErrUnavailable) }, deliveryCfg, a.log)

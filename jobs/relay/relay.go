@@ -18,8 +18,11 @@
 // The relay also sweeps claims whose lease ran out (a worker died
 // mid-send) and relays their messages again.
 //
-// It wakes on PostgreSQL NOTIFY (sent by a trigger when an insert commits)
-// and also polls slowly, in case a notification is missed.
+// It wakes on a Redis message the outbox publishes after each commit that
+// wrote rows (Waker), and also polls slowly, in case one is missed. Not
+// PostgreSQL NOTIFY: PostgreSQL serialises the commits of all transactions
+// that notify, which capped bookings and pickups far below what the same
+// transactions reach without it.
 package relay
 
 import (
@@ -33,7 +36,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
-	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -51,12 +54,16 @@ type Enqueuer interface {
 
 // Config tunes the relay.
 type Config struct {
-	ListenURL string        // a connection for LISTEN (the application role)
-	Batch     int           // rows per pass
-	Group     int           // messages per batch task
-	Parallel  int           // enqueues in flight at once
-	Poll      time.Duration // safety-net polling interval
-	MaxRetry  int           // delivery attempts before a message is archived
+	ListenURL string // unused since wake-ups come through Redis; kept for callers' configs
+	// Redis and WakeChannel: where Waker publishes after each commit that
+	// wrote outbox rows. Nil Redis: the relay only polls.
+	Redis       redis.UniversalClient
+	WakeChannel string
+	Batch       int           // rows per pass
+	Group       int           // messages per batch task
+	Parallel    int           // enqueues in flight at once
+	Poll        time.Duration // safety-net polling interval
+	MaxRetry    int           // delivery attempts before a message is archived
 	// Retention keeps finished tasks (and so their ids) in Redis. Zero: a
 	// row relayed again after its task finished gets a new task, which finds
 	// the message no longer queued and sends nothing; keeping every
@@ -70,8 +77,8 @@ type Config struct {
 }
 
 // DefaultConfig is tuned for latency and throughput on one node.
-func DefaultConfig(listenURL string) Config {
-	return Config{ListenURL: listenURL, Batch: 500, Group: jobs.MaxBatch, Parallel: 16, Poll: 2 * time.Second, MaxRetry: 12, TaskTimeout: time.Minute}
+func DefaultConfig() Config {
+	return Config{Batch: 500, Group: jobs.MaxBatch, Parallel: 16, Poll: 2 * time.Second, MaxRetry: 12, TaskTimeout: time.Minute}
 }
 
 // Relay runs the loop.
@@ -90,7 +97,8 @@ func New(db *gorm.DB, q Enqueuer, cfg Config, log *slog.Logger) *Relay {
 	return &Relay{db: db, q: q, cfg: cfg, log: log}
 }
 
-const channel = "keyrelay_outbox"
+// DefaultWakeChannel is the Redis channel of outbox wake-ups.
+const DefaultWakeChannel = "keyrelay:outbox-wake"
 
 // Run relays until ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
@@ -141,38 +149,45 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
-// listen forwards notifications to wake, reconnecting as needed.
+// listen forwards wake-ups to wake: Redis messages published by
+// Waker.Wake after a commit. go-redis resubscribes by itself after Redis
+// comes back; the slow poll covers the gap.
 func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
-	for ctx.Err() == nil {
-		err := r.listenOnce(ctx, wake)
-		if ctx.Err() != nil {
-			return
-		}
-		r.log.Warn("outbox relay: LISTEN connection lost; polling until it is back", "err", err)
+	if r.cfg.Redis == nil {
+		return // polling only
+	}
+	ps := r.cfg.Redis.Subscribe(ctx, r.cfg.WakeChannel)
+	defer ps.Close()
+	// A pass right after subscribing catches what was inserted meanwhile.
+	poke(wake)
+	msgs := ps.Channel()
+	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case _, ok := <-msgs:
+			if !ok {
+				return
+			}
+			poke(wake)
 		}
 	}
 }
 
-func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}) error {
-	conn, err := pgx.Connect(ctx, r.cfg.ListenURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
-		return err
-	}
-	// A pass right after (re)connecting catches what was inserted meanwhile.
-	poke(wake)
-	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
-			return err
-		}
-		poke(wake)
+// Waker publishes the wake-up the relays of every replica listen for.
+type Waker struct {
+	Redis   redis.UniversalClient
+	Channel string
+	Log     *slog.Logger
+}
+
+// Wake tells the relays that rows were committed. A lost wake-up only
+// costs the poll interval: the rows are in the outbox.
+func (w Waker) Wake(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := w.Redis.Publish(ctx, w.Channel, "").Err(); err != nil && w.Log != nil {
+		w.Log.Warn("outbox: cannot wake the relay; it finds the rows at its next poll", "err", err)
 	}
 }
 

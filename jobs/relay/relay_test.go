@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -34,6 +35,7 @@ type fixture struct {
 	scope  *tenants.Scope
 	outbox *outbox.Outbox
 	tenant uuid.UUID
+	box    *secretbox.Box
 }
 
 func setup(t *testing.T) *fixture {
@@ -48,7 +50,7 @@ func setup(t *testing.T) *fixture {
 		}
 	})
 	box, _ := secretbox.New(bytes.Repeat([]byte{3}, 32))
-	f := &fixture{db: db, scope: tenants.NewScope(db), outbox: outbox.New(box), tenant: uuid.Must(uuid.NewV7())}
+	f := &fixture{db: db, scope: tenants.NewScope(db), outbox: outbox.New(box), tenant: uuid.Must(uuid.NewV7()), box: box}
 	owner(t, "INSERT INTO tenants (tenant_id, name) VALUES ($1, 'relay test')", f.tenant)
 	return f
 }
@@ -61,10 +63,16 @@ func redisOpt(addr string) asynq.RedisClientOpt {
 
 func (f *fixture) add(t *testing.T, n int, prio outbox.Priority) []uuid.UUID {
 	t.Helper()
+	return f.addWith(t, f.outbox, n, prio)
+}
+
+// addWith commits n messages written through o.
+func (f *fixture) addWith(t *testing.T, o *outbox.Outbox, n int, prio outbox.Priority) []uuid.UUID {
+	t.Helper()
 	var ids []uuid.UUID
 	err := f.scope.Do(context.Background(), f.tenant, func(ctx context.Context) error {
 		for i := 0; i < n; i++ {
-			id, err := f.outbox.Add(ctx, outbox.Message{Kind: "login_code", Channel: outbox.SMS, Recipient: "+14155550100", Data: map[string]string{"code": "123456"}, Priority: prio})
+			id, err := o.Add(ctx, outbox.Message{Kind: "login_code", Channel: outbox.SMS, Recipient: "+14155550100", Data: map[string]string{"code": "123456"}, Priority: prio})
 			if err != nil {
 				return err
 			}
@@ -133,7 +141,7 @@ func TestRelay(t *testing.T) {
 	for _, q := range []string{"critical", "default", "low"} {
 		insp.DeleteQueue(q, true)
 	}
-	r := New(f.db, client, DefaultConfig(testDB.AppURL), quiet())
+	r := New(f.db, client, DefaultConfig(), quiet())
 
 	codes := f.add(t, 3, outbox.Critical)
 	normal := f.add(t, 2, "")
@@ -183,13 +191,18 @@ func TestRelay(t *testing.T) {
 	})
 	t.Run("WakesOnCommit", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
-		cfg := DefaultConfig(testDB.AppURL)
-		cfg.Poll = time.Hour // only NOTIFY can wake it
+		rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+		defer rdb.Close()
+		cfg := DefaultConfig()
+		cfg.Poll = time.Hour // only the wake-up can wake it
+		cfg.Redis, cfg.WakeChannel = rdb, "keyrelay-test:outbox-wake:"+uuid.NewString()
 		rl := New(f.db, client, cfg, quiet())
 		done := make(chan error, 1)
 		go func() { done <- rl.Run(ctx) }()
-		time.Sleep(300 * time.Millisecond) // LISTEN is up
-		ids := f.add(t, 1, outbox.Critical)
+		time.Sleep(300 * time.Millisecond) // subscribed
+		// The outbox announces its rows after the commit, not before.
+		waking := outbox.New(f.box, outbox.WithWaker(Waker{Redis: rdb, Channel: cfg.WakeChannel}))
+		ids := f.addWith(t, waking, 1, outbox.Critical)
 		deadline := time.Now().Add(5 * time.Second)
 		for queued(t, insp, "critical")[ids[0].String()] == 0 {
 			if time.Now().After(deadline) {
@@ -212,7 +225,7 @@ func TestRelayWaitsForRedis(t *testing.T) {
 	insp := asynq.NewInspector(redisOpt("127.0.0.1:6379"))
 	defer insp.Close()
 	insp.DeleteQueue("low", true)
-	r := New(f.db, client, DefaultConfig(testDB.AppURL), quiet())
+	r := New(f.db, client, DefaultConfig(), quiet())
 
 	p.SetDown(true)
 	ids := f.add(t, 4, outbox.Low)
@@ -236,7 +249,7 @@ func TestRelayWaitsForRedis(t *testing.T) {
 }
 
 func TestGroup(t *testing.T) {
-	r := New(nil, nil, DefaultConfig(""), quiet())
+	r := New(nil, nil, DefaultConfig(), quiet())
 	now := time.Now()
 	a, b := uuid.New(), uuid.New()
 	later := now.Add(time.Hour)
@@ -294,7 +307,7 @@ func TestGroup(t *testing.T) {
 // claim on a message already sent, are not relayed again.
 func TestReclaim(t *testing.T) {
 	f := setup(t)
-	r := New(f.db, nil, DefaultConfig(testDB.AppURL), quiet())
+	r := New(f.db, nil, DefaultConfig(), quiet())
 	ids := f.add(t, 4, outbox.Normal)
 	owner(t, "UPDATE outbox SET relayed_at = now() WHERE tenant_id = $1", f.tenant)
 	owner(t, "UPDATE outbox SET claimed_by = 'dead', claim_expires_at = now() - interval '1 second' WHERE id = $1", ids[0])

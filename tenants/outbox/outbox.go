@@ -94,10 +94,33 @@ type Sealer interface {
 // Outbox writes and reads outbox rows inside tenant-scoped transactions.
 type Outbox struct {
 	sealer Sealer
+	waker  Waker
 }
 
+// Waker tells the relay that messages are waiting. The outbox calls it
+// after the transaction that wrote them has committed, so the relay never
+// looks before the rows are there. (A PostgreSQL NOTIFY from a trigger did
+// this before, but every transaction that notifies takes one global lock
+// at commit: bookings and pickups were serialised behind it.)
+type Waker interface {
+	Wake(ctx context.Context)
+}
+
+// Option configures an Outbox.
+type Option func(*Outbox)
+
+// WithWaker wakes the relay on commit; without one the relay finds new
+// rows at its next poll.
+func WithWaker(w Waker) Option { return func(o *Outbox) { o.waker = w } }
+
 // New returns an outbox sealing payloads with s.
-func New(s Sealer) *Outbox { return &Outbox{sealer: s} }
+func New(s Sealer, opts ...Option) *Outbox {
+	o := &Outbox{sealer: s}
+	for _, opt := range opts {
+		opt(o)
+	}
+	return o
+}
 
 type record struct {
 	TenantID          uuid.UUID `gorm:"primaryKey"`
@@ -195,6 +218,9 @@ func (o *Outbox) Add(ctx context.Context, m Message) (uuid.UUID, error) {
 		NotBefore: notBefore, TimeZone: tz}
 	if err := tx.Create(&rec).Error; err != nil {
 		return uuid.Nil, fmt.Errorf("outbox: insert: %w", err)
+	}
+	if o.waker != nil {
+		tenants.AfterCommit(ctx, func() { o.waker.Wake(context.WithoutCancel(ctx)) })
 	}
 	return id, nil
 }
