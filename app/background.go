@@ -141,7 +141,7 @@ func (a *App) runWorkers(ctx context.Context) error {
 	// Bundles: every committed change a box's bundle depends on schedules
 	// its rebuild (debounced).
 	g.Go(func() error {
-		bundles.Listen(gctx, a.cfg.AppDatabaseURL, a.queue, a.bundles.Config().Debounce, a.log.With("component", "bundles"))
+		bundles.Watch(gctx, bundles.PendingBoxes{DB: a.db}, a.queue, a.bundles.Config().Debounce, time.Second, a.log.With("component", "bundles"))
 		return nil
 	})
 	// Boxes whose heartbeats stopped: marked offline, reported once.

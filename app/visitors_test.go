@@ -182,7 +182,7 @@ func TestVisitorErasure(t *testing.T) {
 	})
 
 	t.Run("OKErase", func(t *testing.T) {
-		ownerExec(t, "UPDATE box_bundles SET dirty_at = NULL WHERE tenant_id = $1", f.ID)
+		ownerExec(t, "DELETE FROM box_bundle_changes WHERE tenant_id = $1", f.ID)
 		r := f.Owner.expect(t, 200, "DELETE", "/api/v1/visitors/"+id, map[string]any{"confirm": strings.ToUpper(email)}).JSON(t)
 		pseudonym, _ := r["pseudonym"].(string)
 		if !strings.HasPrefix(pseudonym, "visitor-") || r["accesses_revoked"] != 1.0 || r["bookings"] != 2.0 || r["users"] != 1.0 || r["alias_codes_retired"] != 1.0 {
@@ -202,7 +202,7 @@ func TestVisitorErasure(t *testing.T) {
 		if n := ownerQuery[int64](t, `SELECT count(*) FROM users WHERE tenant_id = $1 AND id = $2 AND pin_hash IS NULL AND disabled_at IS NOT NULL`, f.ID, vu["id"]); n != 1 {
 			t.Error("the visitor user keeps its PIN or is not disabled")
 		}
-		if n := ownerQuery[int64](t, `SELECT count(*) FROM box_bundles WHERE tenant_id = $1 AND box_id = $2 AND dirty_at IS NOT NULL`, f.ID, st.boxID); n != 1 {
+		if n := ownerQuery[int64](t, `SELECT count(DISTINCT box_id) FROM box_bundle_changes WHERE tenant_id = $1 AND box_id = $2`, f.ID, st.boxID); n != 1 {
 			t.Error("the box's bundle was not marked for a rebuild")
 		}
 		b := f.Owner.expect(t, 200, "GET", "/api/v1/bookings/"+live, nil).JSON(t)

@@ -83,6 +83,7 @@ var securityDefiners = map[string]string{
 	"outbox_mark_relayed(uuid[],uuid[])": "keyrelay_relay",
 	"outbox_tenant(uuid)":                "keyrelay_relay",
 	"outbox_reclaim(integer)":            "keyrelay_relay",
+	"bundle_changes_pending(integer)":    "keyrelay_relay",
 	"janitor_sweep(interval)":            "keyrelay_janitor",
 	// Retention and erasure (00022).
 	"retention_purge_messages(interval,integer)":                                   "keyrelay_janitor",
@@ -119,6 +120,7 @@ var roleScopedPolicies = map[string]struct {
 	"keys.relay_read":                  {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
 	"box_status.relay_read":            {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // metrics (00021)
 	"boxes.relay_read":                 {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // metrics (00021)
+	"box_bundle_changes.relay_read":    {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // bundle workers (00024)
 	"firmware_rollouts.firmware_read":  {cmd: "SELECT", roles: []string{"keyrelay_firmware"}},
 	"outbox.janitor_read":              {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
 	"outbox.janitor_purge":             {cmd: "UPDATE", roles: []string{"keyrelay_janitor"}},

@@ -34,14 +34,16 @@
 //
 // # Freshness
 //
-// Database triggers (migration 00015) mark a box's bundle dirty in the
-// transaction of any change it depends on and notify on commit; the worker
-// listens (Listen), and schedules one rebuild per box per Debounce window
-// (an asynq task whose id names the box and the window, so a burst of
-// changes is one rebuild). The rebuild stores the new bundle with the next
-// version and sends the box a bundle_ready command, which its long poll
-// receives at once. A change thus reaches an online box within about
-// Debounce + 2 s (measured: TestBundleFreshness). GET /box/v1/bundle also
+// Database triggers (migrations 00015, 00024) append a row to
+// box_bundle_changes in the transaction of any change a box's bundle
+// depends on (an append locks nothing another transaction needs). The
+// workers look for boxes with changes every second (Watch) and schedule
+// one rebuild per box per Debounce window (an asynq task whose id names the
+// box and the window, so a burst of changes is one rebuild). A build
+// removes the changes it read before gathering the data, stores the new
+// bundle with the next version and sends the box a bundle_ready command,
+// which its long poll receives at once. A change thus reaches an online
+// box within about Debounce + 2 s (measured in TestBundles). GET /box/v1/bundle also
 // rebuilds on the spot a bundle dirty for longer than StaleDirty (the
 // worker or Redis was down) or older than Refresh (upcoming accesses move
 // into the horizon as time passes), so a box is never stuck on an old one.
@@ -166,10 +168,34 @@ type row struct {
 	Accesses  int
 	ETag      string `gorm:"column:etag"`
 	Bundle    []byte
-	DirtyAt   *time.Time
 }
 
 func (row) TableName() string { return "box_bundles" }
+
+// pendingChanges returns the ids of the box's changes not yet in a built
+// bundle, and when the oldest was made (nil: none).
+func pendingChanges(ctx context.Context, boxID uuid.UUID) ([]uuid.UUID, *time.Time, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var cs []struct {
+		ID        uuid.UUID
+		ChangedAt time.Time
+	}
+	if err := tx.Raw(`SELECT id, changed_at FROM box_bundle_changes WHERE box_id = ? ORDER BY changed_at`, boxID).Scan(&cs).Error; err != nil {
+		return nil, nil, fmt.Errorf("bundles: pending changes: %w", err)
+	}
+	if len(cs) == 0 {
+		return nil, nil, nil
+	}
+	ids := make([]uuid.UUID, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	oldest := cs[0].ChangedAt
+	return ids, &oldest, nil
+}
 
 type boxRow struct {
 	ID         uuid.UUID
@@ -225,6 +251,12 @@ func (s *Service) Build(ctx context.Context, boxID uuid.UUID) (Built, error) {
 	if err := tx.Set("gorm:query_option", "FOR UPDATE").Where("box_id = ?", boxID).Take(&cur).Error; err != nil {
 		return Built{}, fmt.Errorf("bundles: lock: %w", err)
 	}
+	// The changes this build covers: read before the data, so any change
+	// committed later stays pending for the next build.
+	covered, _, err := pendingChanges(ctx, boxID)
+	if err != nil {
+		return Built{}, err
+	}
 	k, err := s.d.Secrets.Secret(ctx, boxID)
 	if err != nil {
 		return Built{}, err
@@ -259,9 +291,14 @@ func (s *Service) Build(ctx context.Context, boxID uuid.UUID) (Built, error) {
 	out := Built{Version: p.Version, Accesses: len(p.Accesses), Size: len(packed), ETag: `"` + strconv.FormatUint(p.Version, 10) + `"`}
 	if err := tx.Model(&row{}).Where("box_id = ?", boxID).Updates(map[string]any{
 		"version": out.Version, "built_at": now, "expires_at": p.ValidUntil, "accesses": out.Accesses,
-		"etag": out.ETag, "bundle": packed, "dirty_at": nil,
+		"etag": out.ETag, "bundle": packed,
 	}).Error; err != nil {
 		return Built{}, fmt.Errorf("bundles: store: %w", err)
+	}
+	if len(covered) > 0 {
+		if err := tx.Exec(`DELETE FROM box_bundle_changes WHERE box_id = ? AND id IN ?`, boxID, covered).Error; err != nil {
+			return Built{}, fmt.Errorf("bundles: clear changes: %w", err)
+		}
 	}
 	return out, nil
 }
@@ -399,9 +436,13 @@ func (s *Service) Current(ctx context.Context, boxID uuid.UUID) (etag string, bu
 	if err != nil && !errors.Is(err, gorm.ErrRecordNotFound) {
 		return "", nil, fmt.Errorf("bundles: load: %w", err)
 	}
+	_, dirtySince, err := pendingChanges(ctx, boxID)
+	if err != nil {
+		return "", nil, err
+	}
 	now := s.now()
 	stale := r.Bundle == nil || r.BuiltAt == nil || now.Sub(*r.BuiltAt) > s.cfg.Refresh ||
-		(r.DirtyAt != nil && now.Sub(*r.DirtyAt) > s.cfg.StaleDirty)
+		(dirtySince != nil && now.Sub(*dirtySince) > s.cfg.StaleDirty)
 	if stale {
 		if _, err := s.Build(ctx, boxID); err != nil {
 			return "", nil, err
@@ -449,8 +490,12 @@ func (s *Service) StatusOf(ctx context.Context, boxID uuid.UUID) (Status, error)
 	if err != nil && !errors.Is(err, gorm.ErrRecordNotFound) {
 		return Status{}, fmt.Errorf("bundles: load: %w", err)
 	}
+	_, dirtySince, err := pendingChanges(ctx, boxID)
+	if err != nil {
+		return Status{}, err
+	}
 	return Status{BoxID: boxID, Version: r.Version, BuiltAt: utc(r.BuiltAt), ExpiresAt: utc(r.ExpiresAt), Accesses: r.Accesses,
-		Size: len(r.Bundle), DirtySince: utc(r.DirtyAt)}, nil
+		Size: len(r.Bundle), DirtySince: utc(dirtySince)}, nil
 }
 
 func utc(t *time.Time) *time.Time {

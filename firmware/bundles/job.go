@@ -6,12 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
-	"github.com/jackc/pgx/v5"
+	"gorm.io/gorm"
 
 	"github.com/keyrelay/keyrelay/firmware/devices"
 	"github.com/keyrelay/keyrelay/tenants"
@@ -19,10 +18,6 @@ import (
 
 // TypeRebuild is the asynq task that rebuilds one box's bundle.
 const TypeRebuild = "bundle:rebuild"
-
-// Channel is the PostgreSQL notification channel the triggers of
-// migration 00015 notify, with "tenant:box" as payload.
-const Channel = "keyrelay_bundles"
 
 // RebuildTask is the payload of a TypeRebuild task.
 type RebuildTask struct {
@@ -94,53 +89,45 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	return nil
 }
 
-// Listen holds a connection LISTENing on Channel until ctx ends and
-// schedules a rebuild for every box notified, reconnecting after a
-// failure. Several workers may listen: the task ids make one rebuild.
-func Listen(ctx context.Context, dsn string, q Enqueuer, debounce time.Duration, log *slog.Logger) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		err := listenOnce(ctx, dsn, q, debounce, log)
-		if ctx.Err() != nil {
-			return
+// Pending lists boxes with changes not yet in a built bundle, across
+// tenants (bundle_changes_pending: ids only).
+type Pending interface {
+	BoxesWithChanges(ctx context.Context, limit int) ([]RebuildTask, error)
+}
+
+// Watch schedules a rebuild for every box with pending changes, every
+// interval, until ctx ends. Several workers may watch: the task ids make
+// one rebuild per box and window.
+func Watch(ctx context.Context, p Pending, q Enqueuer, debounce, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		due, err := p.BoxesWithChanges(ctx, 1000)
+		if err != nil && ctx.Err() == nil {
+			log.Warn("bundles: cannot read pending changes; retrying", "err", err)
 		}
-		log.Warn("bundle change listener stopped; reconnecting", "err", err, "in", backoff)
+		for _, rt := range due {
+			if err := Schedule(ctx, q, debounce, rt, time.Now()); err != nil && ctx.Err() == nil {
+				log.Warn("bundles: cannot schedule a rebuild; retrying at the next tick", "box", rt.BoxID, "err", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-t.C:
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 
-func listenOnce(ctx context.Context, dsn string, q Enqueuer, debounce time.Duration, log *slog.Logger) error {
-	conn, err := pgx.Connect(ctx, dsn)
+// PendingBoxes reads bundle_changes_pending on the application role's pool.
+type PendingBoxes struct{ DB *gorm.DB }
+
+// BoxesWithChanges implements Pending.
+func (p PendingBoxes) BoxesWithChanges(ctx context.Context, limit int) ([]RebuildTask, error) {
+	var out []RebuildTask
+	err := p.DB.WithContext(ctx).Raw(`SELECT tenant_id, box_id FROM bundle_changes_pending(?)`, limit).Scan(&out).Error
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("bundles: pending boxes: %w", err)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
-		return err
-	}
-	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			return err
-		}
-		tenant, box, ok := strings.Cut(n.Payload, ":")
-		t := RebuildTask{}
-		t.TenantID, err = uuid.Parse(tenant)
-		if err == nil {
-			t.BoxID, err = uuid.Parse(box)
-		}
-		if !ok || err != nil {
-			log.Warn("bundle change listener: bad payload", "payload", n.Payload)
-			continue
-		}
-		if err := Schedule(ctx, q, debounce, t, time.Now()); err != nil {
-			// The mark stays in box_bundles: the box's next fetch rebuilds.
-			log.Warn("bundle rebuild not scheduled", "box", t.BoxID, "err", err)
-		}
-	}
+	return out, nil
 }
