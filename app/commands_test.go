@@ -52,6 +52,9 @@ func TestRemoteRelease(t *testing.T) {
 	if len(l.Commands) != 1 || l.Commands[0].ID.String() != rel["command_id"] || l.Commands[0].Kind != commands.OpenBin {
 		t.Fatalf("poll got %+v, want the open-bin command %v", l.Commands, rel["command_id"])
 	}
+	if by := ownerQuery[string](t, `SELECT created_by FROM box_commands WHERE id = $1`, l.Commands[0].ID); by != "user:"+f.OwnerID.String() {
+		t.Errorf("the remote release is recorded as %q's, want the owner's", by)
+	}
 	var payload struct{ Bin int }
 	json.Unmarshal(l.Commands[0].Payload, &payload)
 	if payload.Bin != 3 {

@@ -393,6 +393,9 @@ func TestPickupWithBookingURL(t *testing.T) {
 	if p.Bin != 4 || p.AccessID == nil || p.AccessID.String() != bookingID || p.Reason != "booking_url" {
 		t.Fatalf("payload %s", l.Commands[0].Payload)
 	}
+	if by := ownerQuery[string](t, `SELECT created_by FROM box_commands WHERE id = $1`, l.Commands[0].ID); by != "visitor:booking:"+bookingID {
+		t.Errorf("the command is recorded as %q's", by)
+	}
 	// The box opens, acknowledges and reports the key taken.
 	if err := st.box.Call(ctx, 204, "POST", "/box/v1/commands/"+l.Commands[0].ID.String()+"/ack", map[string]any{"result": "done"}, nil); err != nil {
 		t.Fatal(err)

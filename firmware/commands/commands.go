@@ -76,8 +76,18 @@ type Service struct {
 func New(pub Publisher) *Service { return &Service{pub: pub, now: time.Now} }
 
 // Send stores a command for boxID in ctx's transaction; the box is woken
-// once the transaction has committed.
+// once the transaction has committed. The command is recorded as the
+// caller's (staff, an integration) or, without one, the platform's (the
+// rollout loop, the bundle builder).
 func (s *Service) Send(ctx context.Context, boxID uuid.UUID, kind Kind, payload any) (Command, error) {
+	createdBy := "platform"
+	if p, err := tenants.PrincipalFrom(ctx); err == nil {
+		createdBy = p.Actor()
+	}
+	return s.send(ctx, boxID, kind, payload, createdBy)
+}
+
+func (s *Service) send(ctx context.Context, boxID uuid.UUID, kind Kind, payload any, createdBy string) (Command, error) {
 	ttl, ok := lifetime[kind]
 	if !ok {
 		return Command{}, fmt.Errorf("commands: unknown kind %q", kind)
@@ -85,12 +95,6 @@ func (s *Service) Send(ctx context.Context, boxID uuid.UUID, kind Kind, payload 
 	tenantID, ok := tenants.TenantOf(ctx)
 	if !ok {
 		return Command{}, errors.New("commands: no tenant transaction")
-	}
-	// Staff, an integration, or a visitor on the booking page (no
-	// principal: the page's token is the caller).
-	createdBy := "visitor"
-	if p, err := tenants.PrincipalFrom(ctx); err == nil {
-		createdBy = p.Actor()
 	}
 	raw, err := json.Marshal(payload)
 	if err != nil {
@@ -124,7 +128,8 @@ type OpenBinPayload struct {
 
 // OpenBin asks the box to open a bin for a booking-URL pickup.
 func (s *Service) OpenBin(ctx context.Context, boxID uuid.UUID, bin int, accessID uuid.UUID) error {
-	_, err := s.Send(ctx, boxID, OpenBin, OpenBinPayload{Bin: bin, Reason: "booking_url", AccessID: &accessID})
+	// The booking page has no principal: its token stands for the visitor.
+	_, err := s.send(ctx, boxID, OpenBin, OpenBinPayload{Bin: bin, Reason: "booking_url", AccessID: &accessID}, "visitor:booking:"+accessID.String())
 	return err
 }
 
