@@ -326,10 +326,11 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 	var (
-		idem  = ptr(s.app.idempotent)
-		auth  = ptr(s.app.authenticate)
-		limit = ptr(signin)
-		admin = ptr(role(tenants.RoleAdmin))
+		idem     = ptr(s.app.idempotent)
+		auth     = ptr(s.app.authenticate)
+		limit    = ptr(signin)
+		admin    = ptr(role(tenants.RoleAdmin))
+		operator = ptr(s.app.operator)
 	)
 	for _, k := range guardedRoutes {
 		if !hasKey(routes, k) {
@@ -352,9 +353,21 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 		if uses(idem) && (op.Responses.Value("409") == nil || op.Responses.Value("503") == nil || op.Responses.Value("422") == nil) {
 			t.Errorf("%s: idempotent, so it answers 409, 422 and 503: document them", k)
 		}
-		authed := op.Security != nil && len(*op.Security) > 0
+		authed, operatorOnly := false, false
+		if op.Security != nil {
+			for _, req := range *op.Security {
+				if _, ok := req["operatorToken"]; ok {
+					operatorOnly = true
+				} else if len(req) > 0 {
+					authed = true
+				}
+			}
+		}
 		if uses(auth) != authed {
 			t.Errorf("%s: authenticate middleware %v, security documented %v", k, uses(auth), authed)
+		}
+		if uses(operator) != operatorOnly {
+			t.Errorf("%s: operator credential middleware %v, operatorToken documented %v", k, uses(operator), operatorOnly)
 		}
 		r429 := op.Responses.Value("429")
 		documented429 := r429 != nil && r429.Value.Headers["Retry-After"] != nil
