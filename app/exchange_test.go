@@ -26,7 +26,7 @@ type site struct {
 	fobs  map[int]string // bin → fob serial
 }
 
-func (s *server) newSite(t *testing.T, f tenantFixture, bins ...int) *site {
+func (s *server) newSite(t testing.TB, f tenantFixture, bins ...int) *site {
 	t.Helper()
 	b := f.Owner.expect(t, 201, "POST", "/api/v1/boxes", map[string]any{"name": "Front desk " + uuid.NewString()[:6], "model": "MS5", "timezone": "Europe/Paris", "bins": 12}).JSON(t)
 	st := &site{s: s, f: f, boxID: b["id"].(string), keys: map[int]string{}, fobs: map[int]string{}}
@@ -41,7 +41,7 @@ func (s *server) newSite(t *testing.T, f tenantFixture, bins ...int) *site {
 
 // book creates a one-time booking of the key in bin n, from start to end
 // relative to now, and returns its id and code.
-func (st *site) book(t *testing.T, n int, start, end time.Duration, extra ...map[string]any) (string, string) {
+func (st *site) book(t testing.TB, n int, start, end time.Duration, extra ...map[string]any) (string, string) {
 	t.Helper()
 	now := time.Now().UTC()
 	in := map[string]any{"key_id": st.keys[n], "kind": "one_time", "visitor": map[string]any{"name": "Vic Visitor", "phone": "+14155550199", "email": "vic@example.com"},
