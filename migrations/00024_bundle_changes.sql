@@ -27,8 +27,10 @@ GRANT SELECT, INSERT, DELETE ON box_bundle_changes TO keyrelay_app;
 
 INSERT INTO box_bundle_changes (tenant_id, box_id, changed_at)
     SELECT tenant_id, box_id, dirty_at FROM box_bundles WHERE dirty_at IS NOT NULL;
-DROP INDEX box_bundles_dirty;
-ALTER TABLE box_bundles DROP COLUMN dirty_at;
+-- box_bundles.dirty_at stays for now (expand, then contract): the previous
+-- release's builders still write it during a rolling upgrade. Nothing
+-- reads it any more; a later migration drops it.
+COMMENT ON COLUMN box_bundles.dirty_at IS 'unused since 00024 (box_bundle_changes); to be dropped';
 
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION bundles_mark_dirty(t uuid, ids uuid[]) RETURNS void
@@ -58,8 +60,7 @@ GRANT EXECUTE ON FUNCTION bundle_changes_pending(integer) TO keyrelay_app;
 
 -- +goose Down
 DROP FUNCTION bundle_changes_pending(integer);
-ALTER TABLE box_bundles ADD COLUMN dirty_at timestamptz;
-CREATE INDEX box_bundles_dirty ON box_bundles (tenant_id, dirty_at) WHERE dirty_at IS NOT NULL;
+COMMENT ON COLUMN box_bundles.dirty_at IS NULL;
 UPDATE box_bundles b SET dirty_at = c.first FROM (
     SELECT tenant_id, box_id, min(changed_at) AS first FROM box_bundle_changes GROUP BY tenant_id, box_id
 ) c WHERE c.tenant_id = b.tenant_id AND c.box_id = b.box_id;
