@@ -18,6 +18,11 @@ import (
 const (
 	headerIdempotencyKey = "Idempotency-Key"
 	idempotencyTTL       = 24 * time.Hour
+	// idempotencyPendingTTL bounds the "still running" mark. It outlives
+	// any request (the server's read and write timeouts are 30 s), and is
+	// short so that a request cut off by a crashed replica, which wrote
+	// nothing, does not block its retries for a day.
+	idempotencyPendingTTL = 2 * time.Minute
 )
 
 // idemRecord is what is kept per key. The response is sealed with the
@@ -61,7 +66,7 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 	ctx := context.WithoutCancel(c.UserContext())
 
 	pending, _ := json.Marshal(idemRecord{State: "pending", BodyHash: bodyHash})
-	claimed, err := a.redis.SetNX(ctx, redisKey, pending, idempotencyTTL).Result()
+	claimed, err := a.redis.SetNX(ctx, redisKey, pending, idempotencyPendingTTL).Result()
 	if err != nil {
 		return &tenants.Error{Code: tenants.EUnavailable, Message: "idempotency store unavailable", Err: err}
 	}
