@@ -79,6 +79,12 @@ func (h *Hub) wake(key string) {
 func (h *Hub) Stopped() <-chan struct{} { return h.stopped }
 
 // Run listens until ctx ends, resubscribing after Redis comes back.
+//
+// On Redis Cluster the pattern subscription lives on one node only (the
+// master of the pattern's slot), which is enough: a classic PUBLISH is
+// forwarded to every node of the cluster, so each subscriber hears it
+// wherever it was published (app/redis_cluster_test.go proves it on a real
+// cluster). Sharded pub/sub (SPUBLISH) would not reach it.
 func (h *Hub) Run(ctx context.Context) {
 	defer close(h.stopped)
 	for ctx.Err() == nil {

@@ -88,7 +88,7 @@ var ErrHardLimit = errors.New("guard: hard limit reached")
 // Guard counts attempts and failures in Redis. It is safe for concurrent use
 // and shared by every replica through Redis.
 type Guard struct {
-	rdb    *redis.Client
+	rdb    redis.UniversalClient // one node, Sentinel or Cluster
 	prefix string
 
 	store atomic.Value // limiter.Store, once the Lua scripts are loaded
@@ -100,7 +100,7 @@ type Guard struct {
 // unreachable it still returns the guard, which fails closed (EUnavailable)
 // and builds the store on first use once Redis is back, so an application
 // can start and serve plain reads while Redis is down.
-func New(rdb *redis.Client, prefix string) (*Guard, error) {
+func New(rdb redis.UniversalClient, prefix string) (*Guard, error) {
 	if rdb == nil {
 		return nil, errors.New("guard: nil redis client")
 	}

@@ -641,3 +641,38 @@ func TestGuessingMath(t *testing.T) {
 	}
 	t.Logf("2FA %.1e/code %.1e/week; PIN %.2e; booking 9 digits %.2e, 10 digits %.2e a week", perCode, perWeek, float64(PIN.Hard)/9900, p(9), p(10))
 }
+
+// hashTag is the part of a key Redis Cluster hashes: the first {…} with
+// something in it, else the whole key.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
+
+// TestKeysShareHashSlot: the Lua scripts and Succeeded's DEL touch a
+// subject's counter and lock together, which Redis Cluster allows only
+// within one hash slot (CROSSSLOT otherwise); distinct subjects and rules
+// spread over slots.
+func TestKeysShareHashSlot(t *testing.T) {
+	g := &Guard{prefix: "keyrelay:guard"}
+	seen := map[string]bool{}
+	for _, r := range []Rule{LoginAccount, CodePerPhone} {
+		for _, subject := range []string{"tenant-1/+41791234567", "tenant-1/+41791234568"} {
+			k := g.keysFor("count", r.Name, subject)
+			if hashTag(k.full) != hashTag(k.lock) || hashTag(k.full) == k.full {
+				t.Fatalf("%s: counter %q and lock %q do not share a hash tag", r.Name, k.full, k.lock)
+			}
+			if seen[hashTag(k.full)] {
+				t.Fatalf("%s: tag %q shared by two subjects", r.Name, hashTag(k.full))
+			}
+			seen[hashTag(k.full)] = true
+		}
+	}
+	if _, err := New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "a{b}"); err == nil {
+		t.Fatal("a prefix with braces was accepted: it would move every key to one slot")
+	}
+}
