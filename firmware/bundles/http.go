@@ -1,7 +1,6 @@
 package bundles
 
 import (
-	"encoding/json"
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
@@ -13,8 +12,6 @@ import (
 
 // ContentType is a packed bundle's media type (signing.Pack).
 const ContentType = "application/vnd.keyrelay.bundle"
-
-func encode(p *Payload) ([]byte, error) { return json.Marshal(p) }
 
 // Handlers serve the bundle calls.
 type Handlers struct{ svc *Service }

@@ -3,7 +3,6 @@ package bundles
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"hash"
 	"time"
@@ -11,16 +10,17 @@ import (
 	"github.com/google/uuid"
 )
 
-// Format is the payload's format version; a box refuses one it does not
-// know.
-const Format = 1
+// Format is the payload's format version (codec.go); a box refuses one it
+// does not know.
+const Format = 2
 
 // VerifierSize is the length of a verifier: the first 16 bytes of the
 // HMAC-SHA256 (OFFLINE.md).
 const VerifierSize = 16
 
-// Payload is what a bundle carries: the signed bytes are its JSON. The
-// server builds it (Service.Build), the box reads it after
+// Payload is what a bundle carries: the signed bytes are its binary
+// encoding (codec.go); the JSON tags serve logs, tests and the first
+// format. The server builds it (Service.Build), the box reads it after
 // signing.Accept; firmware/offline adds RevokedTags.
 type Payload struct {
 	Format   int       `json:"format"`
@@ -113,22 +113,6 @@ func (v *Verifiers) Code(code string) []byte { return v.sum("code:", code) }
 
 // Phone is HMAC-SHA256(K_ver, "phone:" ‖ e164)[:16].
 func (v *Verifiers) Phone(e164 string) []byte { return v.sum("phone:", e164) }
-
-// Decode parses a payload the box accepted (signing.Accept): its format,
-// box and tenant must be the expected ones.
-func Decode(raw []byte, boxID uuid.UUID) (*Payload, error) {
-	var p Payload
-	if err := json.Unmarshal(raw, &p); err != nil {
-		return nil, fmt.Errorf("bundles: payload: %w", err)
-	}
-	if p.Format != Format {
-		return nil, fmt.Errorf("bundles: payload format %d, this box reads %d", p.Format, Format)
-	}
-	if p.BoxID != boxID {
-		return nil, fmt.Errorf("bundles: payload for box %s", p.BoxID)
-	}
-	return &p, nil
-}
 
 // Denial reasons of an offline decision; the first ones are those of the
 // online pickups (tenants/exchange), so a box shows the same messages.

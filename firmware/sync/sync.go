@@ -158,23 +158,13 @@ func (s *Service) Ingest(ctx context.Context, in Batch) (Result, error) {
 		return Result{}, fmt.Errorf("boxsync: load device key: %w", err)
 	}
 	pub := cred.PublicKey
-	evs := make([]parsed, len(in.Events))
+	msg := BatchMessage(p.BoxID.String(), in.Events)
 	var v tenants.Validator
-	for i, raw := range in.Events {
-		f := "events[" + strconv.Itoa(i) + "]"
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&evs[i].Entry); err != nil {
-			v.Add(f, "is not a journal entry: "+err.Error())
-			continue
-		}
-		evs[i].hash = Hash(raw)
-		checkEntry(&v, f, evs[i].Entry, b.Bins)
-	}
+	evs := decodeEntries(&v, in.Events, msg, b.Bins)
 	if err := v.Err(); err != nil {
 		return Result{}, err
 	}
-	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, BatchMessage(p.BoxID.String(), in.Events), sig) {
+	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, msg, sig) {
 		s.incident(ctx, p, b.Name, "forged", evs[0].Seq, "a journal batch whose signature does not verify with the box's device key was refused")
 		return Result{}, tenants.Invalid(tenants.FieldError{Field: "signature", Message: "does not verify with this box's device key over these entries"})
 	}
@@ -263,6 +253,32 @@ func (s *Service) Ingest(ctx context.Context, in Batch) (Result, error) {
 		res.Conflicts = append(res.Conflicts, c)
 	}
 	return res, nil
+}
+
+// decodeEntries parses and checks a batch's entries from msg, their
+// BatchMessage. One decoder reads them all from the message, which holds
+// each entry's exact bytes one after the other, rather than a decoder for
+// each of 2,000 entries: each entry is one whole JSON value (the body was
+// parsed), so entry i is the i-th value, and a refused one is consumed
+// whole.
+func decodeEntries(v *tenants.Validator, events []json.RawMessage, msg []byte, bins int) []parsed {
+	evs := make([]parsed, len(events))
+	tail := 0
+	for _, raw := range events {
+		tail += len(raw) + 1
+	}
+	dec := json.NewDecoder(bytes.NewReader(msg[len(msg)-tail:]))
+	dec.DisallowUnknownFields()
+	for i, raw := range events {
+		f := "events[" + strconv.Itoa(i) + "]"
+		if err := dec.Decode(&evs[i].Entry); err != nil {
+			v.Add(f, "is not a journal entry: "+err.Error())
+			continue
+		}
+		evs[i].hash = Hash(raw)
+		checkEntry(v, f, evs[i].Entry, bins)
+	}
+	return evs
 }
 
 func checkEntry(v *tenants.Validator, f string, e Entry, bins int) {
@@ -367,18 +383,29 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 		return nil, err
 	}
 	now := s.now()
+	// Each fob, tag, bin and access once: a batch of 2,000 entries names a
+	// few keys many times, and a query with 2,000 parameters where a dozen
+	// do costs both sides.
 	fobs, tags, bins, accessIDs := []string{}, []string{}, []int{}, []uuid.UUID{}
+	seen := map[string]bool{}
+	once := func(kind, v string) bool {
+		if seen[kind+v] {
+			return false
+		}
+		seen[kind+v] = true
+		return true
+	}
 	for _, e := range evs {
-		if e.FobSerial != "" {
+		if e.FobSerial != "" && once("f", e.FobSerial) {
 			fobs = append(fobs, e.FobSerial)
 		}
-		if e.DerivedTag != "" {
+		if e.DerivedTag != "" && once("t", e.DerivedTag) {
 			tags = append(tags, e.DerivedTag)
 		}
-		if e.Kind == KindDropoff {
+		if e.Kind == KindDropoff && once("b", strconv.Itoa(e.Bin)) {
 			bins = append(bins, e.Bin)
 		}
-		if e.AccessID != "" {
+		if e.AccessID != "" && once("a", e.AccessID) {
 			accessIDs = append(accessIDs, uuid.MustParse(e.AccessID))
 		}
 	}
@@ -624,6 +651,11 @@ func writeKeys(ctx context.Context, tx *gorm.DB, keys []*keyRow, now time.Time) 
 }
 
 // store inserts the new entries in one statement: each (box, seq) once.
+// No ON CONFLICT: under the box_sync_state row lock Ingest has kept only
+// seqs above the stored high seq, so none can exist; should one anyway,
+// the primary key refuses the batch rather than keeping a different entry
+// under that seq and moving past it (and the speculative insertion ON
+// CONFLICT needs costs a sixth of the statement).
 func (s *Service) store(ctx context.Context, p tenants.Principal, evs []parsed, conflicts map[uint64]Conflict) error {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
@@ -659,8 +691,7 @@ func (s *Service) store(ctx context.Context, p tenants.Principal, evs []parsed, 
 	_, err = tx.Statement.ConnPool.ExecContext(ctx, `INSERT INTO box_journal (tenant_id, box_id, received_at, seq, hash, kind, bin, fob_serial, method,
 			verifier, derived_tag_hash, backup_counter, access_id, box_time, server_time_seen, conflict)
 		SELECT $1, $2, $3, * FROM unnest($4::bigint[], $5::bytea[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[],
-			$11::bytea[], $12::bigint[], $13::uuid[], $14::timestamptz[], $15::timestamptz[], $16::text[])
-		ON CONFLICT (tenant_id, box_id, seq) DO NOTHING`,
+			$11::bytea[], $12::bigint[], $13::uuid[], $14::timestamptz[], $15::timestamptz[], $16::text[])`,
 		p.TenantID.String(), p.BoxID.String(), s.now(), seqs, hashes, kinds, bins, fobs, methods, verifiers, tagHashes, counters, accesses, boxTimes, seen, confl)
 	if err != nil {
 		return fmt.Errorf("boxsync: store entries: %w", err)
@@ -688,4 +719,71 @@ func orNoBins(b []int) []int {
 		return []int{-1}
 	}
 	return b
+}
+
+// BoxState is the tenant's view of a box's journal: how far the server
+// has it, when the box last uploaded, and the last batch the server
+// refused. A refusal past HighSeq means entries are waiting on the box
+// (it resends them from HighSeq+1 once it reads GET /box/v1/sync).
+type BoxState struct {
+	HighSeq       uint64     `json:"high_seq"`
+	SyncedAt      *time.Time `json:"synced_at"` // nil: the box never uploaded
+	LastIncident  *Incident  `json:"last_incident"`
+	RefusedSince  bool       `json:"refused_since"` // LastIncident is past HighSeq: not resolved by a later upload
+	IncidentCount int        `json:"incident_count"`
+}
+
+// Incident is a refused or suspicious journal entry (box_sync_incidents).
+type Incident struct {
+	Kind      string    `json:"kind"`
+	Seq       uint64    `json:"seq"`
+	Detail    string    `json:"detail"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// StateOf returns a box's sync state for staff who see the box (the
+// dashboard's box page); a box outside the caller's locations is not
+// found.
+func (s *Service) StateOf(ctx context.Context, boxID uuid.UUID) (BoxState, error) {
+	p, err := tenants.Require(ctx, tenants.RoleStaff)
+	if err != nil {
+		return BoxState{}, err
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return BoxState{}, err
+	}
+	var b []struct{ LocationID *uuid.UUID }
+	if err := tx.Raw(`SELECT location_id FROM boxes WHERE id = ? AND deleted_at IS NULL`, boxID).Scan(&b).Error; err != nil {
+		return BoxState{}, fmt.Errorf("boxsync: load box: %w", err)
+	}
+	if len(b) != 1 || !p.Sees(b[0].LocationID) {
+		return BoxState{}, tenants.NotFound("box")
+	}
+	var st []struct {
+		HighSeq   uint64
+		UpdatedAt time.Time
+	}
+	if err := tx.Raw(`SELECT high_seq, updated_at FROM box_sync_state WHERE box_id = ?`, boxID).Scan(&st).Error; err != nil {
+		return BoxState{}, fmt.Errorf("boxsync: load state: %w", err)
+	}
+	var out BoxState
+	if len(st) == 1 && st[0].HighSeq > 0 { // the row exists from a first, refused, upload too
+		at := st[0].UpdatedAt.UTC()
+		out.HighSeq, out.SyncedAt = st[0].HighSeq, &at
+	}
+	var inc []Incident
+	if err := tx.Raw(`SELECT kind, seq, detail, created_at FROM box_sync_incidents WHERE box_id = ? ORDER BY created_at DESC, id DESC LIMIT 1`, boxID).
+		Scan(&inc).Error; err != nil {
+		return BoxState{}, fmt.Errorf("boxsync: load incidents: %w", err)
+	}
+	if err := tx.Raw(`SELECT count(*) FROM box_sync_incidents WHERE box_id = ?`, boxID).Scan(&out.IncidentCount).Error; err != nil {
+		return BoxState{}, fmt.Errorf("boxsync: count incidents: %w", err)
+	}
+	if len(inc) == 1 {
+		inc[0].CreatedAt = inc[0].CreatedAt.UTC()
+		out.LastIncident = &inc[0]
+		out.RefusedSince = inc[0].Seq > out.HighSeq
+	}
+	return out, nil
 }

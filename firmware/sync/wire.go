@@ -26,8 +26,12 @@
 //     incident), one that is wholly stored already is a replay (409, with
 //     the highest seq so the box moves on); an overlap that matches is
 //     stored from where the server stands;
-//   - new entries stored by (box, seq) with ON CONFLICT DO NOTHING, in one
-//     statement per batch (unnest arrays: see the benchmark);
+//   - new entries stored once by (box, seq): the box's box_sync_state row
+//     is locked, only seqs above its high seq are inserted, and the primary
+//     key (box, seq) refuses a duplicate; one statement per batch, unnest
+//     arrays rather than COPY, which row-level security forbids on the
+//     journal (a COPY into a temporary table then INSERT … SELECT measured
+//     slower: BenchmarkSyncIngest);
 //   - key state updated as exchange does for online events (a pickup takes
 //     the key out with its access, a dropoff puts it in that bin); server
 //     times win for records, box times are kept beside them;
