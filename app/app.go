@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"strings"
 	"time"
 
@@ -50,8 +49,8 @@ import (
 type App struct {
 	cfg   Config
 	log   *slog.Logger
-	db    *gorm.DB // application role
-	redis *redis.Client
+	db    *gorm.DB              // application role
+	redis redis.UniversalClient // one node, Sentinel or Cluster: see redis.go
 	http  *fiber.App
 
 	scope     *tenants.Scope
@@ -124,11 +123,7 @@ func pgUnreachable(rawURL string, err error) error {
 		hint: "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start (or set KEYRELAY_DATABASE_URL)"}
 }
 
-func redisUnreachable(rawURL string, err error) error {
-	where := rawURL
-	if u, perr := url.Parse(rawURL); perr == nil {
-		where = u.Host
-	}
+func redisUnreachable(where string, err error) error {
 	return &unreachable{what: "Redis", where: where, err: err,
 		hint: `start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no (or set KEYRELAY_REDIS_URL)`}
 }
@@ -195,15 +190,15 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		return nil, fmt.Errorf("PostgreSQL refused the application role: %w (run `go run ./app migrate` to create it)", err)
 	}
 
-	ropts, err := redis.ParseURL(cfg.RedisURL)
+	rt, err := parseRedisURL(cfg.RedisURL)
 	if err != nil {
 		sqlDB.Close()
 		return nil, fmt.Errorf("KEYRELAY_REDIS_URL: %w", err)
 	}
-	a.redis = redis.NewClient(ropts)
+	a.redis = rt.client()
 	if err := a.redis.Ping(pingCtx).Err(); err != nil {
 		a.Close()
-		return nil, redisUnreachable(cfg.RedisURL, err)
+		return nil, redisUnreachable(rt.where(), err)
 	}
 
 	a.scope = tenants.NewScope(a.db)
@@ -229,11 +224,8 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, err
 	}
-	if a.queueOpt, err = asynq.ParseRedisURI(cfg.RedisURL); err != nil {
-		a.Close()
-		return nil, fmt.Errorf("KEYRELAY_REDIS_URL: %w", err)
-	}
-	a.queue = asynq.NewClient(a.queueOpt)
+	a.queueOpt = rt.queueOpt()
+	a.queue = rt.queueClient(a.redis)
 	a.inspector = asynq.NewInspector(a.queueOpt)
 	a.metrics.Registry.MustRegister(newStateCollector(a.db, a.inspector, log.With("component", "metrics")))
 	if a.plugins, err = startPlugins(ctx, cfg, log, a.metrics.PluginRestarted, a.tracer); err != nil {

@@ -15,9 +15,11 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/google/uuid"
+	"github.com/pquerna/otp/totp"
 
 	"github.com/keyrelay/keyrelay/firmware/box"
 	"github.com/keyrelay/keyrelay/firmware/boxkeys"
+	"github.com/keyrelay/keyrelay/tenants/exchange"
 )
 
 // browser is a headless Chromium tab driving the real server.
@@ -466,4 +468,273 @@ func TestDashboardGuards(t *testing.T) {
 			t.Fatalf("%d %s", r.Status, r.Body)
 		}
 	})
+}
+
+// signInUI signs in through the pages: the password, then the code read
+// in the dev mailbox when one is asked for.
+func (b *browser) signInUI(email, password string) {
+	b.t.Helper()
+	before := b.mailboxCount()
+	b.visit("/login?email=" + url.QueryEscape(email))
+	b.run(chromedp.SetValue(chromedp.CSS("#email"), email), chromedp.SendKeys(chromedp.CSS("#password"), password))
+	b.submit(`form[action="/login"] button`, `#code, nav.menu`)
+	if n, _ := chromedp.Run(b.ctx, chromedp.Evaluate[int](`document.querySelectorAll("#code").length`)); n == 1 {
+		b.run(chromedp.SendKeys(chromedp.CSS("#code"), b.mailboxCode(before)))
+		b.submit(`form[action="/login/verify"] button`, `nav.menu`)
+	}
+}
+
+// a11yProblems is a basic automated accessibility check of the page: a
+// lang, one h1, alt on every image, a label on every form control.
+func (b *browser) a11yProblems() []string {
+	b.t.Helper()
+	ps, err := chromedp.Run(b.ctx, chromedp.Evaluate[[]string](`(() => {
+		const p = [];
+		if (!document.documentElement.lang) p.push("the page has no lang");
+		const h1 = document.querySelectorAll("h1").length;
+		if (h1 !== 1) p.push(h1 + " h1 elements");
+		document.querySelectorAll("img").forEach(i => { if (!i.hasAttribute("alt")) p.push("image without alt"); });
+		document.querySelectorAll("input, select, textarea").forEach(el => {
+			if (el.type === "hidden") return;
+			const ok = (el.id && document.querySelector('label[for="' + CSS.escape(el.id) + '"]')) || el.closest("label") ||
+				el.getAttribute("aria-label") || el.getAttribute("aria-labelledby");
+			if (!ok) p.push("unlabelled " + el.tagName.toLowerCase() + " " + (el.name || el.id));
+		});
+		return p;
+	})()`))
+	if err != nil {
+		b.t.Fatalf("accessibility check: %v", err)
+	}
+	return ps
+}
+
+// TestBrowserStaffAndOutage walks what TestBrowserDashboard leaves out:
+// a forgotten password reset from the emailed link, an authenticator app
+// enrolled with the code computed from the page's key, a held booking
+// released, an inventory flag resolved, a location that cannot be deleted
+// while it has a box, the offline codes sheet's print view, a staff user
+// limited to one location who then sees only its boxes, the phone-sized
+// bookings list and visitor page, and an accessibility check of each page.
+func TestBrowserStaffAndOutage(t *testing.T) {
+	s := startServer(t, withWorkers)
+	f := s.signup(t)
+	o := f.Owner
+	locA := o.expect(t, 201, "POST", "/api/v1/locations", map[string]any{"name": "Harbour"}).JSON(t)["id"].(string)
+	locB := o.expect(t, 201, "POST", "/api/v1/locations", map[string]any{"name": "Station"}).JSON(t)["id"].(string)
+	boxA := o.expect(t, 201, "POST", "/api/v1/boxes", map[string]any{"name": "Harbour box", "model": "MS5", "timezone": "Europe/Paris", "bins": 4, "location_id": locA}).JSON(t)["id"].(string)
+	boxB := o.expect(t, 201, "POST", "/api/v1/boxes", map[string]any{"name": "Station box", "model": "MS5", "timezone": "Europe/Paris", "bins": 4, "location_id": locB}).JSON(t)["id"].(string)
+	keyA := o.expect(t, 201, "POST", "/api/v1/keys", map[string]any{"name": "Boat 3", "fob_serial": "FOB-BOAT-3", "box_id": boxA, "bin": 1}).JSON(t)["id"].(string)
+	ref := s.provisionBox(t, f, uuid.MustParse(boxA))
+	now := time.Now().UTC()
+	held := o.expect(t, 201, "POST", "/api/v1/bookings", map[string]any{"key_id": keyA, "kind": "one_time", "hold": true, "notify_via": "sms",
+		"visitor":   map[string]any{"name": "Hana Held", "phone": "+14155550177"},
+		"starts_at": now.Add(-time.Minute).Format(time.RFC3339), "ends_at": now.Add(3 * time.Hour).Format(time.RFC3339)}).JSON(t)
+	heldID := held["id"].(string)
+
+	b := newBrowser(t, s.url)
+
+	// Forgot password: the link from the email sets a new one.
+	b.visit("/forgot-password")
+	b.run(chromedp.SendKeys(chromedp.CSS("#email"), f.Email))
+	b.submit(`form[action="/forgot-password"] button`, `[role=status]`)
+	b.wantText("main", "we sent it a link")
+	b.visit("/reset-password?token=" + url.QueryEscape(s.resetToken(t, f.ID, f.Email)))
+	const password = "new-tide-2024"
+	b.run(chromedp.SendKeys(chromedp.CSS("#new_password"), password))
+	b.submit(`form[action="/reset-password"] button`, `.flash`)
+	b.wantText(".flash", "Your password is changed")
+	b.signInUI(f.Email, password)
+	b.wantText("h1", "Bookings")
+
+	// Authenticator app: the key on the page gives the code that turns it on.
+	b.visit("/security")
+	b.run(chromedp.SendKeys(chromedp.CSS("#totp-current"), password))
+	b.submit(`form[action="/security/totp"] button`, `#totp-secret`)
+	if ps := b.a11yProblems(); len(ps) > 0 {
+		t.Errorf("/security (enrolment): %v", ps)
+	}
+	code, err := totp.GenerateCode(b.text("#totp-secret"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.run(chromedp.SendKeys(chromedp.CSS("#totp-code"), code))
+	b.submit(`form[action="/security/totp/confirm"] button`, `#recovery-codes`)
+	if n, _ := chromedp.Run(b.ctx, chromedp.Evaluate[int](`document.querySelectorAll("#recovery-codes li").length`)); n < 5 {
+		t.Fatalf("%d recovery codes shown", n)
+	}
+	b.shot("01-recovery-codes")
+	b.visit("/security")
+	b.wantText("main", "Sign-in codes come from your authenticator app")
+
+	// A held booking shows as held, and Release sends it on its way.
+	b.visit("/bookings?status=held")
+	b.wantText("#booking-list", "Hana Held")
+	b.submit(`form[action="/bookings/`+heldID+`/release"] button`, `.flash`)
+	b.wantText(".flash", "Booking released")
+	if st := b.text("#booking-status"); st == "Held" {
+		t.Fatal("the booking is still held after Release")
+	}
+
+	// An inventory flag from the box, resolved from the box's page.
+	var rec exchange.Recorded
+	if err := ref.Call(context.Background(), 200, "POST", "/box/v1/events", exchange.EventsInput{Events: []exchange.Event{{Type: "bin_closed", Bin: 3, FobSerial: fob("STRANGER-9")}}}, &rec); err != nil {
+		t.Fatal(err)
+	}
+	b.visit("/boxes/" + boxA)
+	b.wantText("#flags", "does not know")
+	b.wantText("#bundle-status", "")
+	b.wantText("#sync-state", "")
+	b.shot("02-box-with-flag")
+	if ps := b.a11yProblems(); len(ps) > 0 {
+		t.Errorf("/boxes/{id}: %v", ps)
+	}
+	b.run(chromedp.SendKeys(chromedp.CSS(`#flags input[name=note]`), "a guest's own key ring"))
+	b.submit(`#flags button`, `.flash`)
+	b.wantText(".flash", "Flag resolved")
+	if n, _ := chromedp.Run(b.ctx, chromedp.Evaluate[int](`document.querySelectorAll("#flags").length`)); n != 0 {
+		t.Fatal("the resolved flag is still listed")
+	}
+
+	// The offline backup codes sheet opens as a print view: every bin and
+	// the open-all code, a Print button, nothing of the dashboard around.
+	b.submit(`#offline-codes-link`, `#offline-codes`)
+	if n, _ := chromedp.Run(b.ctx, chromedp.Evaluate[int](`document.querySelectorAll("#offline-codes tbody tr").length`)); n != 5 {
+		t.Fatalf("the sheet has %d rows, want 4 bins and the open-all code", n)
+	}
+	if n, _ := chromedp.Run(b.ctx, chromedp.Evaluate[int](`document.querySelectorAll("nav.menu").length + (document.getElementById("print") ? 0 : 10)`)); n != 0 {
+		t.Fatal("the print view shows the menu or has no Print button")
+	}
+	b.shot("03-offline-codes")
+
+	// A location with a box is not deleted, and the page says why.
+	b.visit("/locations")
+	del := `form[action="/locations/` + locA + `/delete"]`
+	b.run(chromedp.Click(chromedp.CSS(`#locations details:has(`+del+`) summary`)), chromedp.Click(chromedp.CSS("#confirm-"+locA)))
+	b.submit(del+` button`, `#form-error`)
+	b.wantText("#form-error", "1 box(es) are in this location")
+
+	// A staff user invited and limited to Harbour.
+	staffEmail := fmt.Sprintf("sam-%s@example.com", uuid.NewString()[:8])
+	b.visit("/users")
+	b.run(chromedp.SendKeys(chromedp.CSS("#name"), "Sam Staff"), chromedp.SendKeys(chromedp.CSS("#email"), staffEmail),
+		chromedp.SendKeys(chromedp.CSS("#phone"), "+14155550166"))
+	b.submit(`form[action="/users"] button`, `.flash`)
+	b.wantText(".flash", "Sam Staff is invited")
+	if ps := b.a11yProblems(); len(ps) > 0 {
+		t.Errorf("/users: %v", ps)
+	}
+	edit, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](`[...document.querySelectorAll("tbody tr")].find(r => r.textContent.includes("Sam Staff")).querySelector("a").getAttribute("href")`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.visit(edit)
+	b.run(chromedp.Click(chromedp.CSS("#loc-" + locA)))
+	b.submit(`form[action$="/edit"] button[type=submit]`, `.flash`)
+	b.wantText("tbody", "Harbour")
+	// Limiting an admin is refused with the rule, and nothing changes.
+	b.visit(edit)
+	b.run(chromedp.SetValue(chromedp.CSS("#role"), "admin"))
+	b.submit(`form[action$="/edit"] button[type=submit]`, `#form-error`)
+	b.wantText("#form-error", "admins and owners see every location")
+
+	// Phone-sized: the bookings list and the visitor's page.
+	b.run(chromedp.EmulateViewport(390, 844))
+	b.visit("/bookings")
+	b.shot("04-phone-bookings")
+	if ps := b.a11yProblems(); len(ps) > 0 {
+		t.Errorf("/bookings: %v", ps)
+	}
+	b.visit("/bookings/" + heldID)
+	bookingURL := b.text("#booking-url")
+	b.visit(strings.TrimPrefix(bookingURL, s.app.cfg.BaseURL))
+	b.wantText("#visitor-code", "")
+	b.shot("05-phone-visitor")
+	if ps := b.a11yProblems(); len(ps) > 0 {
+		t.Errorf("visitor page: %v", ps)
+	}
+	if w, _ := chromedp.Run(b.ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth`)); w > 390 {
+		t.Errorf("the visitor page is %dpx wide on a 390px phone", w)
+	}
+
+	// The staff user sets a password from the invitation and sees only
+	// Harbour's box.
+	sb := newBrowser(t, s.url)
+	sb.visit("/reset-password?token=" + url.QueryEscape(s.resetToken(t, f.ID, staffEmail)))
+	sb.run(chromedp.SendKeys(chromedp.CSS("#new_password"), "front-desk-88"))
+	sb.submit(`form[action="/reset-password"] button`, `.flash`)
+	sb.signInUI(staffEmail, "front-desk-88")
+	sb.visit("/boxes")
+	sb.wantText("tbody", "Harbour box")
+	if strings.Contains(sb.text("main"), "Station box") {
+		t.Fatal("a staff user limited to Harbour sees the Station box")
+	}
+	sb.shot("06-staff-boxes")
+	sb.visit("/boxes/" + boxB)
+	sb.wantText("h1", "Not Found")
+	if strings.Contains(sb.text("main"), "Station box") {
+		t.Fatal("the Station box's page opened for a staff user limited to Harbour")
+	}
+
+	// The audit log pages: the downloads, the resolution and the release
+	// are recorded; Older leads to the entries before.
+	b.run(chromedp.EmulateViewport(1280, 1000))
+	for _, a := range []string{"box.offline_codes_downloaded", "inventory.flag_resolved", "booking.released", "user.updated"} {
+		b.visit("/audit?action=" + a)
+		if !strings.Contains(b.text("main"), a) {
+			t.Errorf("the audit log lacks %s", a)
+		}
+	}
+}
+
+// TestBoxFlagsResolve: POST /api/v1/boxes/{id}/flags/{flag_id}/resolve
+// acknowledges a box's inventory flag for staff who see the box, with the
+// note in the audit log; twice is a conflict, a bad note writes nothing,
+// and another tenant's or another location's flag is not found.
+func TestBoxFlagsResolve(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 1)
+	st.events(t, exchange.Event{Type: "bin_closed", Bin: 4, FobSerial: fob("STRANGER-2")})
+	flags := f.Owner.expect(t, 200, "GET", "/api/v1/boxes/"+st.boxID+"/flags", nil).JSON(t)["items"].([]any)
+	if len(flags) != 1 || flags[0].(map[string]any)["kind"] != "unknown_fob" {
+		t.Fatalf("open flags %v", flags)
+	}
+	flagID := flags[0].(map[string]any)["id"].(string)
+	resolve := "/api/v1/boxes/" + st.boxID + "/flags/" + flagID + "/resolve"
+
+	t.Run("ErrNotFoundElsewhere", func(t *testing.T) {
+		other := s.signup(t)
+		problemOf(t, other.Owner.do(t, "POST", resolve, nil), 404)
+		otherBox := s.newSite(t, f).boxID
+		problemOf(t, f.Owner.do(t, "POST", "/api/v1/boxes/"+otherBox+"/flags/"+flagID+"/resolve", nil), 404)
+		// A staff user limited to another location does not see the box.
+		loc := f.Owner.expect(t, 201, "POST", "/api/v1/locations", map[string]any{"name": "Elsewhere"}).JSON(t)["id"].(string)
+		email := fmt.Sprintf("limited-%s@example.com", uuid.NewString()[:8])
+		f.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Lim", "email": email, "phone": "+14155550155", "role": "staff", "location_ids": []string{loc}})
+		s.client().expect(t, 204, "POST", "/api/v1/auth/password/reset", map[string]any{"token": s.resetToken(t, f.ID, email), "new_password": "limited-pass-9"})
+		limited := s.login(t, email, "limited-pass-9")
+		problemOf(t, limited.do(t, "POST", resolve, nil), 404)
+		problemOf(t, limited.do(t, "GET", "/api/v1/boxes/"+st.boxID+"/flags", nil), 404)
+	})
+	t.Run("ErrNoteTooLong", func(t *testing.T) {
+		problemOf(t, f.Owner.do(t, "POST", resolve, map[string]any{"note": strings.Repeat("n", 501)}), 422)
+		if n := len(f.Owner.expect(t, 200, "GET", "/api/v1/boxes/"+st.boxID+"/flags", nil).JSON(t)["items"].([]any)); n != 1 {
+			t.Fatalf("%d open flags after a refused resolution", n)
+		}
+	})
+	got := f.Owner.expect(t, 200, "POST", resolve, map[string]any{"note": "a guest's own keys"}).JSON(t)
+	if got["resolved_at"] == nil {
+		t.Fatalf("resolved flag %v", got)
+	}
+	if n := len(f.Owner.expect(t, 200, "GET", "/api/v1/boxes/"+st.boxID+"/flags", nil).JSON(t)["items"].([]any)); n != 0 {
+		t.Fatalf("%d open flags after the resolution", n)
+	}
+	if b := f.Owner.expect(t, 200, "GET", "/api/v1/boxes/"+st.boxID, nil).JSON(t); b["status"].(map[string]any)["open_flags"] != float64(0) {
+		t.Fatalf("box status %v", b["status"])
+	}
+	evs := f.Owner.expect(t, 200, "GET", "/api/v1/audit?action=inventory.flag_resolved", nil).JSON(t)["items"].([]any)
+	if len(evs) != 1 || !strings.Contains(fmt.Sprint(evs[0]), "a guest's own keys") {
+		t.Fatalf("audit %v", evs)
+	}
+	problemOf(t, f.Owner.do(t, "POST", resolve, nil), 409)
 }

@@ -22,7 +22,7 @@ type Config struct {
 	Env            string // development | production
 	DatabaseURL    string // owner: creates the database, migrates
 	AppDatabaseURL string // application role: bound by row-level security
-	RedisURL       string
+	RedisURL       string // one node, Sentinel or Cluster: see redis.go
 	Listen         string
 	BaseURL        string
 	SecretKey      []byte

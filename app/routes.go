@@ -123,6 +123,8 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Get("/boxes/:id", auth, staff, inv.GetBox)
 	v1.Patch("/boxes/:id", auth, idem, admin, inv.UpdateBox)
 	v1.Delete("/boxes/:id", auth, idem, admin, inv.DeleteBox)
+	v1.Get("/boxes/:id/flags", auth, staff, inv.ListFlags)
+	v1.Post("/boxes/:id/flags/:flag_id/resolve", auth, idem, staff, inv.ResolveFlag)
 	v1.Get("/keys", auth, staff, inv.ListKeys)
 	v1.Post("/keys", auth, idem, staff, inv.CreateKey)
 	v1.Get("/keys/export", auth, staff, inv.ExportKeys)
@@ -239,7 +241,7 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	// The staff dashboard and the visitor's booking page (GET /b/{token}),
 	// server-rendered; their routes are listed in dashboard.Mount.
 	dash, err := dashboard.New(dashboard.Deps{Accounts: a.accounts, Bookings: a.bookings, Inventory: a.inventory, Outbox: a.outbox,
-		Devices: a.devices, Scope: a.scope, Keys: a.box, Log: a.log, BoxViews: inv, Commands: cmds,
+		Devices: a.devices, Scope: a.scope, Keys: a.box, Log: a.log, Commands: a.commands, Bundles: a.bundles, Sync: a.sync, Offline: a.offline,
 		Production: a.cfg.Production(), Secure: a.secureCookies()})
 	if err != nil {
 		return nil, err

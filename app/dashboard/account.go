@@ -1,6 +1,9 @@
 package dashboard
 
 import (
+	"net/url"
+	"strings"
+
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
 
@@ -177,19 +180,130 @@ func (d *Dashboard) userPage(c *fiber.Ctx, err error, in map[string]string) erro
 	return d.render(c, "users", "Users", data)
 }
 
+// formLocations reads the ticked locations of a user form; an id that
+// does not parse is kept as the nil id, which the service refuses as a
+// location that does not exist rather than dropping it silently.
+func formLocations(c *fiber.Ctx) []uuid.UUID {
+	locs := []uuid.UUID{}
+	for _, s := range c.Request().PostArgs().PeekMulti("location_ids") {
+		id, _ := uuid.Parse(string(s))
+		locs = append(locs, id)
+	}
+	return locs
+}
+
 func (d *Dashboard) userCreate(c *fiber.Ctx) error {
 	in := formMap(c, "name", "email", "phone", "role")
-	var locs []uuid.UUID
-	for _, s := range c.Request().PostArgs().PeekMulti("location_ids") {
-		if id, err := uuid.Parse(string(s)); err == nil {
-			locs = append(locs, id)
-		}
-	}
+	locs := formLocations(c)
 	u, err := d.Accounts.CreateUser(c.UserContext(), accounts.NewUserInput{Name: in["name"], Email: in["email"], Phone: optional(in["phone"]), Role: tenants.Role(in["role"]), LocationIDs: locs})
 	if err != nil {
 		return d.userPage(c, err, in)
 	}
 	return done(c, "/users", u.Name+" is invited: they get an email to choose a password")
+}
+
+// userEditData is a user's edit page; the roles offered are those the
+// caller may give (only an owner makes owners), the service checks again.
+func (d *Dashboard) userEditData(c *fiber.Ctx) (map[string]any, error) {
+	id, err := pathID(c, "user")
+	if err != nil {
+		return nil, err
+	}
+	ctx := c.UserContext()
+	u, err := d.Accounts.GetUser(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	p, err := tenants.Require(ctx, tenants.RoleAdmin)
+	if err != nil {
+		return nil, err
+	}
+	locs, err := d.Inventory.ListLocations(ctx, uuid.Nil, 200)
+	if err != nil {
+		return nil, err
+	}
+	roles := []tenants.Role{tenants.RoleStaff, tenants.RoleAdmin}
+	if p.Role == tenants.RoleOwner {
+		roles = append(roles, tenants.RoleOwner)
+	}
+	chosen := map[uuid.UUID]bool{}
+	for _, l := range u.LocationIDs {
+		chosen[l] = true
+	}
+	return map[string]any{"User": u, "Self": u.ID == p.UserID, "Roles": roles, "Locations": locs, "Chosen": chosen,
+		"In": map[string]string{"name": u.Name, "phone": deref(u.Phone), "role": string(u.Role)}}, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func (d *Dashboard) userEdit(c *fiber.Ctx) error {
+	data, err := d.userEditData(c)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	return d.render(c, "user_edit", "Edit user", data)
+}
+
+// userUpdate sends only what changed, so that the audit log says what
+// the admin did and the role rules (not your own role, only owners touch
+// owners, one owner left) apply to real changes only.
+func (d *Dashboard) userUpdate(c *fiber.Ctx) error {
+	data, err := d.userEditData(c)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	u := data["User"].(accounts.User)
+	in := formMap(c, "name", "phone", "role", "disabled")
+	locs := formLocations(c)
+	chosen := map[uuid.UUID]bool{}
+	for _, l := range locs {
+		chosen[l] = true
+	}
+	data["In"], data["Chosen"] = in, chosen
+	var patch accounts.UserPatch
+	if in["name"] != u.Name {
+		patch.Name = ptr(in["name"])
+	}
+	if phone := strings.TrimSpace(in["phone"]); phone != deref(u.Phone) {
+		patch.Phone = &phone
+	}
+	if role := tenants.Role(in["role"]); role != u.Role {
+		patch.Role = &role
+	}
+	if disabled := in["disabled"] != ""; disabled != (u.DisabledAt != nil) {
+		patch.Disabled = &disabled
+	}
+	// Ticked locations go with a role change, so that promoting a limited
+	// user with the limit still ticked is refused by the service's rule
+	// rather than lifting the limit unseen.
+	if !sameLocations(locs, u.LocationIDs) || patch.Role != nil && len(locs) > 0 {
+		patch.LocationIDs = &locs
+	}
+	if _, err := d.Accounts.UpdateUser(c.UserContext(), u.ID, patch); err != nil {
+		return d.fail(c, err, "user_edit", "Edit user", data)
+	}
+	return done(c, "/users", strings.TrimSpace(in["name"])+" saved")
+}
+
+func sameLocations(a, b []uuid.UUID) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	in := map[uuid.UUID]bool{}
+	for _, id := range b {
+		in[id] = true
+	}
+	for _, id := range a {
+		if !in[id] {
+			return false
+		}
+	}
+	return true
 }
 
 // messageList is what went out, to whom, with its status. The outbox and
@@ -200,12 +314,17 @@ func (d *Dashboard) messageList(c *fiber.Ctx) error {
 	if _, err := tenants.Require(ctx, tenants.RoleAdmin); err != nil {
 		return d.fail(c, err, "", "", nil)
 	}
-	f := outbox.Filter{Status: outbox.Status(c.Query("status")), Channel: outbox.Channel(c.Query("channel")), Limit: 100}
+	f := outbox.Filter{Status: outbox.Status(c.Query("status")), Channel: outbox.Channel(c.Query("channel")), Limit: pageSize}
+	f.After = cursor(c)
 	rows, err := d.Outbox.Messages(ctx, f)
 	if err != nil {
 		return d.fail(c, err, "", "", nil)
 	}
-	return d.render(c, "messages", "Messages", map[string]any{"Messages": rows, "Filter": f})
+	data := map[string]any{"Messages": rows, "Filter": f, "First": f.After == uuid.Nil}
+	if len(rows) == pageSize {
+		data["Next"] = olderLink("/messages", rows[len(rows)-1].ID, "status", string(f.Status), "channel", string(f.Channel))
+	}
+	return d.render(c, "messages", "Messages", data)
 }
 
 func (d *Dashboard) auditList(c *fiber.Ctx) error {
@@ -213,9 +332,33 @@ func (d *Dashboard) auditList(c *fiber.Ctx) error {
 	if _, err := tenants.Require(ctx, tenants.RoleAdmin); err != nil {
 		return d.fail(c, err, "", "", nil)
 	}
-	evs, err := audit.List(ctx, audit.Filter{Action: c.Query("action"), Limit: 100})
+	after := cursor(c)
+	evs, err := audit.List(ctx, audit.Filter{Action: c.Query("action"), After: after, Limit: pageSize})
 	if err != nil {
 		return d.fail(c, err, "", "", nil)
 	}
-	return d.render(c, "audit", "Audit", map[string]any{"Events": evs, "Action": c.Query("action")})
+	data := map[string]any{"Events": evs, "Action": c.Query("action"), "First": after == uuid.Nil}
+	if len(evs) == pageSize {
+		data["Next"] = olderLink("/audit", evs[len(evs)-1].ID, "action", c.Query("action"))
+	}
+	return d.render(c, "audit", "Audit", data)
+}
+
+// cursor reads a list page's ?cursor= (the id of the last row of the page
+// before); anything else starts from the newest.
+func cursor(c *fiber.Ctx) uuid.UUID {
+	id, _ := uuid.Parse(c.Query("cursor"))
+	return id
+}
+
+// olderLink is the "Older" link of a list: its filters, and the cursor
+// after the page's last row.
+func olderLink(path string, last uuid.UUID, filters ...string) string {
+	q := url.Values{"cursor": {last.String()}}
+	for i := 0; i+1 < len(filters); i += 2 {
+		if filters[i+1] != "" {
+			q.Set(filters[i], filters[i+1])
+		}
+	}
+	return path + "?" + q.Encode()
 }

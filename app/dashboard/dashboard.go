@@ -3,9 +3,10 @@
 // the binary and htmx (vendored, assets/htmx.min.js) for the few partial
 // updates, so that nothing needs a front-end build.
 //
-// Handlers call the domain services directly, inside the request's tenant
-// transaction opened by the app's authenticate middleware; a page that
-// answers 400 or more rolls it back, so a refused form writes nothing.
+// Handlers call the domain services directly (never the API's handlers),
+// inside the request's tenant transaction opened by the app's authenticate
+// middleware; a page that answers 400 or more rolls it back, so a refused
+// form writes nothing.
 // Every POST carries a CSRF token bound to the browser and its session,
 // and every page is served under a Content-Security-Policy that allows no
 // inline script or style.
@@ -32,8 +33,11 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/filesystem"
 	"github.com/google/uuid"
 
+	"github.com/keyrelay/keyrelay/firmware/bundles"
 	"github.com/keyrelay/keyrelay/firmware/commands"
 	"github.com/keyrelay/keyrelay/firmware/devices"
+	"github.com/keyrelay/keyrelay/firmware/offline"
+	boxsync "github.com/keyrelay/keyrelay/firmware/sync"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/accounts"
 	"github.com/keyrelay/keyrelay/tenants/bookings"
@@ -52,10 +56,31 @@ type Hasher interface {
 	Hash(parts ...[]byte) []byte
 }
 
-// Deps is what the dashboard works with. Inventory and Commands are the
-// API handlers whose views the domain does not export as methods (box
-// status, a bin's remote release): the dashboard runs them in-process and
-// reads their JSON, so that one code path decides both.
+// Releaser opens a bin from afar (firmware/commands), with the same checks
+// and audit as the API's remote release.
+type Releaser interface {
+	Release(ctx context.Context, boxID uuid.UUID, bin int, reason string) (commands.Released, error)
+}
+
+// BundleStatus reads a box's offline bundle status (firmware/bundles).
+type BundleStatus interface {
+	StatusOf(ctx context.Context, boxID uuid.UUID) (bundles.Status, error)
+}
+
+// SyncState reads how far the server has a box's offline journal
+// (firmware/sync).
+type SyncState interface {
+	StateOf(ctx context.Context, boxID uuid.UUID) (boxsync.BoxState, error)
+}
+
+// OfflineSheets makes a box's printable backup-code sheet, audited
+// (firmware/offline).
+type OfflineSheets interface {
+	Sheet(ctx context.Context, boxID uuid.UUID, format string) (offline.Sheet, error)
+}
+
+// Deps is what the dashboard works with: the domain services, called in
+// the request's tenant transaction, which check the caller themselves.
 type Deps struct {
 	Accounts  *accounts.Service
 	Bookings  *bookings.Service
@@ -66,8 +91,10 @@ type Deps struct {
 	Keys      Hasher
 	Log       *slog.Logger
 
-	BoxViews   *inventory.Handlers
-	Commands   *commands.Handlers
+	Commands   Releaser
+	Bundles    BundleStatus
+	Sync       SyncState
+	Offline    OfflineSheets
 	Production bool // hides the development mailbox link
 	Secure     bool // cookies marked Secure (TLS)
 }
@@ -81,7 +108,7 @@ type Dashboard struct {
 
 // New parses the templates once.
 func New(d Deps) (*Dashboard, error) {
-	if d.Accounts == nil || d.Bookings == nil || d.Inventory == nil || d.Outbox == nil || d.Devices == nil || d.Scope == nil || d.Keys == nil || d.BoxViews == nil || d.Commands == nil {
+	if d.Accounts == nil || d.Bookings == nil || d.Inventory == nil || d.Outbox == nil || d.Devices == nil || d.Scope == nil || d.Keys == nil || d.Commands == nil || d.Bundles == nil || d.Sync == nil || d.Offline == nil {
 		return nil, errors.New("dashboard: missing dependency")
 	}
 	if d.Log == nil {
@@ -151,14 +178,23 @@ func (d *Dashboard) Mount(r fiber.Router, auth, signin fiber.Handler) {
 	pub.Get("/keys", page, d.keyList)
 	pub.Post("/keys", page, d.keyCreate)
 	pub.Get("/keys/:id/visitors", page, d.keyVisitors)
+	pub.Get("/keys/:id/edit", page, d.keyEdit)
+	pub.Post("/keys/:id/edit", page, d.keyUpdate)
+	pub.Post("/keys/:id/delete", page, d.keyDelete)
 	pub.Get("/boxes", page, d.boxList)
 	pub.Post("/boxes", page, d.boxCreate)
 	pub.Get("/boxes/:id", page, d.boxDetail)
+	pub.Post("/boxes/:id/edit", page, d.boxUpdate)
+	pub.Post("/boxes/:id/delete", page, d.boxDelete)
 	pub.Post("/boxes/:id/provisioning-token", page, d.boxToken)
+	pub.Get("/boxes/:id/offline-codes", page, d.offlineCodes)
+	pub.Post("/boxes/:id/flags/:flag/resolve", page, d.flagResolve)
 	pub.Get("/boxes/:id/bins/:n/release", page, d.binReleaseConfirm)
 	pub.Post("/boxes/:id/bins/:n/release", page, d.binRelease)
 	pub.Get("/locations", page, d.locationList)
 	pub.Post("/locations", page, d.locationCreate)
+	pub.Post("/locations/:id/edit", page, d.locationUpdate)
+	pub.Post("/locations/:id/delete", page, d.locationDelete)
 
 	pub.Get("/messages", page, d.messageList)
 	pub.Get("/audit", page, d.auditList)
@@ -174,6 +210,8 @@ func (d *Dashboard) Mount(r fiber.Router, auth, signin fiber.Handler) {
 	pub.Post("/api-keys/:id/revoke", page, d.apiKeyRevoke)
 	pub.Get("/users", page, d.userList)
 	pub.Post("/users", page, d.userCreate)
+	pub.Get("/users/:id/edit", page, d.userEdit)
+	pub.Post("/users/:id/edit", page, d.userUpdate)
 
 	// The visitor's booking page: the URL's token is the credential.
 	r.Get("/b/:token", d.headers, d.visitorPage)

@@ -8,8 +8,6 @@ import (
 	"net/url"
 	"strings"
 	"time"
-
-	"github.com/gofiber/fiber/v2"
 )
 
 // funcs are the templates' helpers. Times are shown in the zone of the
@@ -128,41 +126,4 @@ func fromLocalInput(s, tz string) (*string, error) {
 	}
 	out := t.Format(time.RFC3339)
 	return &out, nil
-}
-
-// bodyJSON runs an API handler in-process with a JSON body (or none) and
-// decodes what it answered into out; the response is reset for the page.
-// Errors the handler returns are the domain's and pass through.
-func bodyJSON(c *fiber.Ctx, h fiber.Handler, in any, out any) error {
-	req := c.Request()
-	oldBody := append([]byte(nil), req.Body()...)
-	oldType := string(req.Header.ContentType())
-	defer func() {
-		req.SetBody(oldBody)
-		req.Header.SetContentType(oldType)
-	}()
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		req.SetBody(b)
-		req.Header.SetContentType(fiber.MIMEApplicationJSON)
-	} else {
-		req.SetBody(nil)
-	}
-	if err := h(c); err != nil {
-		return err
-	}
-	body := append([]byte(nil), c.Response().Body()...)
-	status := c.Response().StatusCode()
-	c.Response().ResetBody()
-	c.Status(fiber.StatusOK)
-	if status >= 400 {
-		return fmt.Errorf("dashboard: in-process call answered %d", status)
-	}
-	if out != nil && len(body) > 0 {
-		return json.Unmarshal(body, out)
-	}
-	return nil
 }

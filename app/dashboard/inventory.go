@@ -10,7 +10,6 @@ import (
 	"github.com/keyrelay/keyrelay/firmware/commands"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/inventory"
-	"github.com/keyrelay/keyrelay/tenants/web"
 )
 
 // keyRow is a key with the names of its home box and of where it is.
@@ -72,24 +71,94 @@ func (d *Dashboard) keyVisitors(c *fiber.Ctx) error {
 	return d.render(c, "key_visitors", "Visitors of "+k.Name, map[string]any{"Key": k, "Visitors": vs})
 }
 
-// boxList reads the boxes through the API's own view, which carries each
-// box's status (online, since, firmware, power, battery, open flags).
+// keyEditData is a key's edit page: the key, the boxes it may live in.
+func (d *Dashboard) keyEditData(c *fiber.Ctx) (map[string]any, error) {
+	id, err := pathID(c, "key")
+	if err != nil {
+		return nil, err
+	}
+	k, err := d.Inventory.GetKey(c.UserContext(), id)
+	if err != nil {
+		return nil, err
+	}
+	boxes, err := d.boxesByID(c)
+	if err != nil {
+		return nil, err
+	}
+	in := map[string]string{"name": k.Name, "fob_serial": k.FobSerial, "box_id": k.HomeBoxID.String(), "bin": strconv.Itoa(k.HomeBin)}
+	return map[string]any{"Key": k, "Boxes": boxes, "In": in}, nil
+}
+
+func (d *Dashboard) keyEdit(c *fiber.Ctx) error {
+	data, err := d.keyEditData(c)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	return d.render(c, "key_edit", "Edit key", data)
+}
+
+func (d *Dashboard) keyUpdate(c *fiber.Ctx) error {
+	data, err := d.keyEditData(c)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	k := data["Key"].(inventory.Key)
+	in := formMap(c, "name", "fob_serial", "box_id", "bin")
+	data["In"] = in
+	bin, aerr := strconv.Atoi(in["bin"])
+	if aerr != nil {
+		return d.fail(c, tenants.Invalid(tenants.FieldError{Field: "bin", Message: "must be a bin number"}), "key_edit", "Edit key", data)
+	}
+	if _, err := d.Inventory.UpdateKey(c.UserContext(), k.ID, inventory.KeyPatch{Name: ptr(in["name"]), FobSerial: ptr(in["fob_serial"]), BoxID: ptr(in["box_id"]), Bin: &bin}); err != nil {
+		return d.fail(c, err, "key_edit", "Edit key", data)
+	}
+	return done(c, "/keys", "Key "+strings.TrimSpace(in["name"])+" saved")
+}
+
+// keyDelete archives a key once the confirmation is ticked; a key with
+// live bookings is refused by the service with the reason.
+func (d *Dashboard) keyDelete(c *fiber.Ctx) error {
+	data, err := d.keyEditData(c)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	k := data["Key"].(inventory.Key)
+	if c.FormValue("confirm") == "" {
+		err = tenants.Invalid(tenants.FieldError{Field: "confirm", Message: "tick the box to confirm that the key is deleted"})
+	} else {
+		err = d.Inventory.DeleteKey(c.UserContext(), k.ID)
+	}
+	if err != nil {
+		return d.fail(c, err, "key_edit", "Edit key", data)
+	}
+	return done(c, "/keys", "Key "+k.Name+" deleted")
+}
+
+// boxList shows the boxes with their status (online, since, firmware,
+// power, battery, open flags), the API's view of them.
 func (d *Dashboard) boxList(c *fiber.Ctx) error { return d.boxPage(c, nil, nil) }
 
 func (d *Dashboard) boxPage(c *fiber.Ctx, err error, in map[string]string) error {
-	var list web.List[inventory.BoxView]
-	if lerr := bodyJSON(c, d.BoxViews.ListBoxes, nil, &list); lerr != nil {
-		return d.fail(c, lerr, "", "", nil)
-	}
-	locs, lerr := d.Inventory.ListLocations(c.UserContext(), uuid.Nil, 200)
+	ctx := c.UserContext()
+	bs, lerr := d.Inventory.ListBoxes(ctx, inventory.BoxFilter{Limit: 200})
 	if lerr != nil {
 		return d.fail(c, lerr, "", "", nil)
 	}
-	locNames := map[uuid.UUID]string{}
-	for _, l := range locs {
-		locNames[l.ID] = l.Name
+	views, lerr := d.Inventory.BoxViews(ctx, bs...)
+	if lerr != nil {
+		return d.fail(c, lerr, "", "", nil)
 	}
-	data := map[string]any{"Boxes": list.Items, "Locations": locs, "LocationNames": locNames, "In": in,
+	locs, lerr := d.Inventory.ListLocations(ctx, uuid.Nil, 200)
+	if lerr != nil {
+		return d.fail(c, lerr, "", "", nil)
+	}
+	// Keyed by the id's text: a box's location is a *uuid.UUID, which the
+	// template prints but cannot use as a uuid.UUID map key.
+	locNames := map[string]string{}
+	for _, l := range locs {
+		locNames[l.ID.String()] = l.Name
+	}
+	data := map[string]any{"Boxes": views, "Locations": locs, "LocationNames": locNames, "In": in,
 		"Models": []inventory.Model{inventory.MS5, inventory.MS4, inventory.MS3}}
 	if err != nil {
 		return d.fail(c, err, "boxes", "Boxes", data)
@@ -108,15 +177,48 @@ func (d *Dashboard) boxCreate(c *fiber.Ctx) error {
 	return done(c, "/boxes/"+b.ID.String(), "Box "+b.Name+" added")
 }
 
+// boxDetailData is a box's page: its status, bins, open flags, offline
+// bundle and journal sync, and (for admins) the edit form's values.
 func (d *Dashboard) boxDetailData(c *fiber.Ctx) (map[string]any, error) {
-	if _, err := pathID(c, "box"); err != nil {
+	id, err := pathID(c, "box")
+	if err != nil {
 		return nil, err
 	}
-	var b inventory.BoxDetail
-	if err := bodyJSON(c, d.BoxViews.GetBox, nil, &b); err != nil {
+	ctx := c.UserContext()
+	b, bins, err := d.Inventory.GetBox(ctx, id)
+	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"Box": b}, nil
+	views, err := d.Inventory.BoxViews(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	flags, err := d.Inventory.OpenFlags(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	data := map[string]any{"Box": inventory.BoxDetail{BoxView: views[0], BinContents: bins}, "Flags": flags}
+	if b.Model.OfflineCapable() {
+		bundle, err := d.Bundles.StatusOf(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		sync, err := d.Sync.StateOf(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		data["Bundle"], data["Sync"] = bundle, sync
+	}
+	locs, err := d.Inventory.ListLocations(ctx, uuid.Nil, 200)
+	if err != nil {
+		return nil, err
+	}
+	in := map[string]string{"name": b.Name, "address": b.Address, "timezone": b.Timezone, "bins": strconv.Itoa(b.Bins)}
+	if b.LocationID != nil {
+		in["location_id"] = b.LocationID.String()
+	}
+	data["Locations"], data["In"] = locs, in
+	return data, nil
 }
 
 func (d *Dashboard) boxDetail(c *fiber.Ctx) error {
@@ -127,8 +229,52 @@ func (d *Dashboard) boxDetail(c *fiber.Ctx) error {
 	return d.render(c, "box", "Box", data)
 }
 
-// boxToken issues a provisioning token and shows it once; it is answered
-// as a fragment to htmx and as the whole page otherwise.
+// boxUpdate saves the admin's edit form: name, location, address, time
+// zone and number of bins (the service refuses fewer bins than are used).
+func (d *Dashboard) boxUpdate(c *fiber.Ctx) error {
+	data, err := d.boxDetailData(c)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	b := data["Box"].(inventory.BoxDetail)
+	in := formMap(c, "name", "location_id", "address", "timezone", "bins")
+	data["In"], data["Section"] = in, "edit"
+	bins, aerr := strconv.Atoi(in["bins"])
+	if aerr != nil {
+		return d.fail(c, tenants.Invalid(tenants.FieldError{Field: "bins", Message: "must be a number"}), "box", "Box", data)
+	}
+	tz := strings.TrimSpace(in["timezone"])
+	patch := inventory.BoxPatch{Name: ptr(in["name"]), Address: ptr(in["address"]), Timezone: &tz, Bins: &bins, LocationID: inventory.Null[string]()}
+	if in["location_id"] != "" {
+		patch.LocationID = inventory.Some(in["location_id"])
+	}
+	if _, err := d.Inventory.UpdateBox(c.UserContext(), b.ID, patch); err != nil {
+		return d.fail(c, err, "box", "Box", data)
+	}
+	return done(c, "/boxes/"+b.ID.String(), "Box saved")
+}
+
+// boxDelete archives a box once confirmed; a box that still is the home
+// of keys, or holds another box's key, is refused with the reason.
+func (d *Dashboard) boxDelete(c *fiber.Ctx) error {
+	data, err := d.boxDetailData(c)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	b := data["Box"].(inventory.BoxDetail)
+	data["Section"] = "delete"
+	if c.FormValue("confirm") == "" {
+		err = tenants.Invalid(tenants.FieldError{Field: "confirm", Message: "tick the box to confirm that the box is deleted"})
+	} else {
+		err = d.Inventory.DeleteBox(c.UserContext(), b.ID)
+	}
+	if err != nil {
+		return d.fail(c, err, "box", "Box", data)
+	}
+	return done(c, "/boxes", "Box "+b.Name+" deleted")
+}
+
+// boxToken issues a provisioning token and shows it once, in this answer.
 func (d *Dashboard) boxToken(c *fiber.Ctx) error {
 	id, err := pathID(c, "box")
 	if err != nil {
@@ -146,6 +292,46 @@ func (d *Dashboard) boxToken(c *fiber.Ctx) error {
 	return d.render(c, "box", "Box", data)
 }
 
+// flagResolve acknowledges an inventory mismatch (audited, with the note).
+func (d *Dashboard) flagResolve(c *fiber.Ctx) error {
+	boxID, err := pathID(c, "box")
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	flagID, perr := uuid.Parse(c.Params("flag"))
+	if perr != nil {
+		return d.fail(c, tenants.NotFound("flag"), "", "", nil)
+	}
+	if _, err := d.Inventory.ResolveFlag(c.UserContext(), boxID, flagID, c.FormValue("note")); err != nil {
+		data, derr := d.boxDetailData(c)
+		if derr != nil {
+			return d.fail(c, err, "", "", nil)
+		}
+		return d.fail(c, err, "box", "Box", data)
+	}
+	return done(c, "/boxes/"+boxID.String(), "Flag resolved")
+}
+
+// offlineCodes is the printable backup-code sheet, on a page of its own
+// with nothing else of the dashboard (the print button is app.js's). Its
+// download is audited by the service; the page is never cached.
+func (d *Dashboard) offlineCodes(c *fiber.Ctx) error {
+	id, err := pathID(c, "box")
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	ctx := c.UserContext()
+	sh, err := d.Offline.Sheet(ctx, id, "print")
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	b, _, err := d.Inventory.GetBox(ctx, id)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	return d.render(c, "offline_codes", "Offline backup codes", map[string]any{"Sheet": sh, "Timezone": b.Timezone, "Bare": true})
+}
+
 func (d *Dashboard) binReleaseConfirm(c *fiber.Ctx) error {
 	data, err := d.boxDetailData(c)
 	if err != nil {
@@ -160,30 +346,33 @@ func (d *Dashboard) binReleaseConfirm(c *fiber.Ctx) error {
 	return d.render(c, "bin_release", "Release a bin", data)
 }
 
-// binRelease opens a bin from afar through the commands API handler, which
-// checks the caller, the box and the bin, sends the command and audits it
-// with the reason.
+// binRelease opens a bin from afar once confirmed, through the same
+// service call as the API (caller, box, bin checked; audited with the
+// reason).
 func (d *Dashboard) binRelease(c *fiber.Ctx) error {
 	reason := strings.TrimSpace(c.FormValue("reason"))
-	if c.FormValue("confirm") == "" {
-		err := tenants.Invalid(tenants.FieldError{Field: "confirm", Message: "tick the box to confirm that the bin may open"})
-		data, derr := d.boxDetailData(c)
-		if derr != nil {
-			return d.fail(c, derr, "", "", nil)
-		}
-		data["Bin"], _ = strconv.Atoi(c.Params("n"))
-		return d.fail(c, err, "bin_release", "Release a bin", data)
+	bin, aerr := strconv.Atoi(c.Params("n"))
+	id, err := pathID(c, "box")
+	switch {
+	case err != nil:
+	case aerr != nil || bin < 1:
+		err = tenants.NotFound("bin")
+	case c.FormValue("confirm") == "":
+		err = tenants.Invalid(tenants.FieldError{Field: "confirm", Message: "tick the box to confirm that the bin may open"})
 	}
 	var out commands.Released
-	if err := bodyJSON(c, d.Commands.Release, commands.ReleaseInput{Reason: reason}, &out); err != nil {
+	if err == nil {
+		out, err = d.Commands.Release(c.UserContext(), id, bin, reason)
+	}
+	if err != nil {
 		data, derr := d.boxDetailData(c)
-		if derr != nil {
+		if derr != nil || statusOf(err) == fiber.StatusNotFound {
 			return d.fail(c, err, "", "", nil)
 		}
-		data["Bin"], _ = strconv.Atoi(c.Params("n"))
+		data["Bin"] = bin
 		return d.fail(c, err, "bin_release", "Release a bin", data)
 	}
-	return done(c, "/boxes/"+c.Params("id"), "Bin "+strconv.Itoa(out.Bin)+" will open when the box picks up the command")
+	return done(c, "/boxes/"+id.String(), "Bin "+strconv.Itoa(out.Bin)+" will open when the box picks up the command")
 }
 
 func (d *Dashboard) locationList(c *fiber.Ctx) error { return d.locationPage(c, nil, nil) }
@@ -194,6 +383,9 @@ func (d *Dashboard) locationPage(c *fiber.Ctx, err error, in map[string]string) 
 		return d.fail(c, lerr, "", "", nil)
 	}
 	data := map[string]any{"Locations": locs, "In": in}
+	if in != nil {
+		data["Editing"] = in["id"]
+	}
 	if err != nil {
 		return d.fail(c, err, "locations", "Locations", data)
 	}
@@ -208,3 +400,38 @@ func (d *Dashboard) locationCreate(c *fiber.Ctx) error {
 	}
 	return done(c, "/locations", "Location "+l.Name+" added")
 }
+
+// locationUpdate renames a location (and changes its address).
+func (d *Dashboard) locationUpdate(c *fiber.Ctx) error {
+	in := formMap(c, "name", "address")
+	in["id"] = c.Params("id")
+	id, err := pathID(c, "location")
+	if err == nil {
+		_, err = d.Inventory.UpdateLocation(c.UserContext(), id, inventory.LocationPatch{Name: ptr(in["name"]), Address: ptr(in["address"])})
+	}
+	if err != nil {
+		return d.locationPage(c, err, in)
+	}
+	return done(c, "/locations", "Location "+strings.TrimSpace(in["name"])+" saved")
+}
+
+// locationDelete removes a location. The service refuses while boxes are
+// in it or users are limited to it (409), and says which: the page shows
+// that sentence with what to do.
+func (d *Dashboard) locationDelete(c *fiber.Ctx) error {
+	in := map[string]string{"id": c.Params("id"), "delete": "1"}
+	id, err := pathID(c, "location")
+	switch {
+	case err != nil:
+	case c.FormValue("confirm") == "":
+		err = tenants.Invalid(tenants.FieldError{Field: "confirm", Message: "tick the box to confirm that the location is deleted"})
+	default:
+		err = d.Inventory.DeleteLocation(c.UserContext(), id)
+	}
+	if err != nil {
+		return d.locationPage(c, err, in)
+	}
+	return done(c, "/locations", "Location deleted")
+}
+
+func ptr(s string) *string { return &s }

@@ -5,7 +5,6 @@ import (
 	"errors"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/google/uuid"
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/bookings"
@@ -13,9 +12,9 @@ import (
 
 // visitorPage is GET /b/{token}: what the visitor needs to take and return
 // the key, and nothing else of the tenant. The token names its tenant; the
-// booking is found by the token's hash in that tenant's scope, then read
-// through bookings.Service.Get as a reader of that one booking, so that
-// its status, code and window follow the same rules as the staff's view.
+// booking is found by the token in that tenant's scope
+// (bookings.Service.ByURLToken), with the same status, code and window as
+// the staff's view.
 func (d *Dashboard) visitorPage(c *fiber.Ctx) error {
 	tok := c.Params("token")
 	notFound := func() error {
@@ -27,21 +26,8 @@ func (d *Dashboard) visitorPage(c *fiber.Ctx) error {
 	}
 	var v bookings.View
 	err := d.Scope.Do(c.UserContext(), tenantID, func(ctx context.Context) error {
-		tx, err := tenants.Tx(ctx)
-		if err != nil {
-			return err
-		}
-		var ids []uuid.UUID
-		if err := tx.Raw("SELECT id FROM bookings WHERE url_token_hash = ?", bookings.URLTokenHash(tok)).Scan(&ids).Error; err != nil {
-			return err
-		}
-		if len(ids) != 1 {
-			return tenants.NotFound("booking")
-		}
-		// The token is this booking's credential: the reader it stands for
-		// sees this booking only, with no location limit to apply.
-		reader := tenants.Principal{TenantID: tenantID, Role: tenants.RoleStaff}
-		v, err = d.Bookings.Get(tenants.WithPrincipal(ctx, reader), ids[0])
+		var err error
+		v, err = d.Bookings.ByURLToken(ctx, tok)
 		return err
 	})
 	if tenants.ErrorCode(err) == tenants.ENotFound {

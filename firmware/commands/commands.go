@@ -17,7 +17,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"gorm.io/gorm"
@@ -201,4 +203,58 @@ func (s *Service) Ack(ctx context.Context, boxID, id uuid.UUID, result Result, d
 		details["detail"] = detail
 	}
 	return audit.Record(ctx, "box:"+boxID.String(), "box.command_"+r, "box:"+boxID.String(), details)
+}
+
+// Release opens a bin from afar for staff (to fix the inventory, to hand a
+// key to someone at the desk's request): it checks the caller, the box
+// (within the caller's locations, provisioned) and the bin, sends the
+// command and audits it with the reason. The API and the web dashboard
+// both call it, so one path decides who may open what.
+func (s *Service) Release(ctx context.Context, boxID uuid.UUID, bin int, reason string) (Released, error) {
+	p, err := tenants.Require(ctx, tenants.RoleStaff)
+	if err != nil {
+		return Released{}, err
+	}
+	if bin < 1 {
+		return Released{}, tenants.NotFound("bin")
+	}
+	if utf8.RuneCountInString(reason) > 500 {
+		return Released{}, tenants.Invalid(tenants.FieldError{Field: "reason", Message: "must be at most 500 characters"})
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return Released{}, err
+	}
+	var b struct {
+		Bins        int
+		LocationID  *uuid.UUID
+		Provisioned bool
+	}
+	err = tx.Raw(`SELECT b.bins, b.location_id,
+		EXISTS (SELECT 1 FROM box_credentials c WHERE c.box_id = b.id AND c.revoked_at IS NULL) AS provisioned
+		FROM boxes b WHERE b.id = ? AND b.deleted_at IS NULL`, boxID).Take(&b).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) || err == nil && !p.Sees(b.LocationID) {
+		return Released{}, tenants.NotFound("box")
+	}
+	if err != nil {
+		return Released{}, fmt.Errorf("commands: load box: %w", err)
+	}
+	if bin > b.Bins {
+		return Released{}, tenants.NotFound("bin")
+	}
+	if !b.Provisioned {
+		return Released{}, tenants.Errorf(tenants.EConflict, "the box is not provisioned: it cannot receive commands")
+	}
+	cmd, err := s.Send(ctx, boxID, OpenBin, OpenBinPayload{Bin: bin, Reason: "remote_release"})
+	if err != nil {
+		return Released{}, err
+	}
+	details := map[string]string{"bin": strconv.Itoa(bin), "command": cmd.ID.String()}
+	if reason != "" {
+		details["reason"] = reason
+	}
+	if err := audit.Record(ctx, p.Actor(), "bin.release_requested", "box:"+boxID.String(), details); err != nil {
+		return Released{}, err
+	}
+	return Released{CommandID: cmd.ID, BoxID: boxID, Bin: bin, ExpiresAt: cmd.ExpiresAt.UTC()}, nil
 }

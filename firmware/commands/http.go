@@ -2,17 +2,14 @@ package commands
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
-	"gorm.io/gorm"
 
 	"github.com/keyrelay/keyrelay/tenants"
-	"github.com/keyrelay/keyrelay/tenants/audit"
 	"github.com/keyrelay/keyrelay/tenants/web"
 )
 
@@ -138,15 +135,8 @@ type Released struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-// Release handles POST /api/v1/boxes/{id}/bins/{n}/release: staff open a
-// bin remotely (to fix the inventory, to hand a key to someone at the
-// desk's request). Audited with the reason.
+// Release handles POST /api/v1/boxes/{id}/bins/{n}/release.
 func (h *Handlers) Release(c *fiber.Ctx) error {
-	ctx := c.UserContext()
-	p, err := tenants.Require(ctx, tenants.RoleStaff)
-	if err != nil {
-		return err
-	}
 	boxID, err := web.ID(c, "id", "box")
 	if err != nil {
 		return err
@@ -161,43 +151,9 @@ func (h *Handlers) Release(c *fiber.Ctx) error {
 			return err
 		}
 	}
-	if len(in.Reason) > 500 {
-		return tenants.Invalid(tenants.FieldError{Field: "reason", Message: "must be at most 500 characters"})
-	}
-	tx, err := tenants.Tx(ctx)
+	out, err := h.svc.Release(c.UserContext(), boxID, bin, in.Reason)
 	if err != nil {
 		return err
 	}
-	var b struct {
-		Bins        int
-		LocationID  *uuid.UUID
-		Provisioned bool
-	}
-	err = tx.Raw(`SELECT b.bins, b.location_id,
-		EXISTS (SELECT 1 FROM box_credentials c WHERE c.box_id = b.id AND c.revoked_at IS NULL) AS provisioned
-		FROM boxes b WHERE b.id = ? AND b.deleted_at IS NULL`, boxID).Take(&b).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) || err == nil && !p.Sees(b.LocationID) {
-		return tenants.NotFound("box")
-	}
-	if err != nil {
-		return fmt.Errorf("commands: load box: %w", err)
-	}
-	if bin > b.Bins {
-		return tenants.NotFound("bin")
-	}
-	if !b.Provisioned {
-		return tenants.Errorf(tenants.EConflict, "the box is not provisioned: it cannot receive commands")
-	}
-	cmd, err := h.svc.Send(ctx, boxID, OpenBin, OpenBinPayload{Bin: bin, Reason: "remote_release"})
-	if err != nil {
-		return err
-	}
-	details := map[string]string{"bin": strconv.Itoa(bin), "command": cmd.ID.String()}
-	if in.Reason != "" {
-		details["reason"] = in.Reason
-	}
-	if err := audit.Record(ctx, p.Actor(), "bin.release_requested", "box:"+boxID.String(), details); err != nil {
-		return err
-	}
-	return c.Status(fiber.StatusAccepted).JSON(Released{CommandID: cmd.ID, BoxID: boxID, Bin: bin, ExpiresAt: cmd.ExpiresAt.UTC()})
+	return c.Status(fiber.StatusAccepted).JSON(out)
 }

@@ -74,6 +74,30 @@ func (s *Service) Get(ctx context.Context, id uuid.UUID) (View, error) {
 	return s.fullView(ctx, r)
 }
 
+// ByURLToken returns the booking a booking URL token stands for, for the
+// visitor's page: the token is its credential, so no principal is needed,
+// and it is read in the transaction of the tenant the token names
+// (TenantOfURLToken), where only that tenant's bookings are visible.
+// Anything that is not a live token of this tenant is not found.
+func (s *Service) ByURLToken(ctx context.Context, tok string) (View, error) {
+	tenantID, ok := TenantOfURLToken(tok)
+	if !ok {
+		return View{}, tenants.NotFound("booking")
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return View{}, err
+	}
+	var rs []row
+	if err := tx.Raw(selectRows+" WHERE bk.url_token_hash = ?", URLTokenHash(tok)).Scan(&rs).Error; err != nil {
+		return View{}, wrap("load booking by URL token", err)
+	}
+	if len(rs) != 1 || rs[0].TenantID != tenantID {
+		return View{}, tenants.NotFound("booking")
+	}
+	return s.fullView(ctx, rs[0])
+}
+
 func (s *Service) fullView(ctx context.Context, r row) (View, error) {
 	code, err := s.openCode(ctx, r.CodeID)
 	if err != nil {

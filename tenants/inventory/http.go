@@ -74,6 +74,17 @@ func viewBoxes(ctx context.Context, bs ...Box) ([]BoxView, error) {
 	return views, nil
 }
 
+// BoxViews shows boxes the caller already read (ListBoxes, GetBox) with
+// their status, in one query: the web dashboard shows the same view as the
+// API. It takes boxes rather than ids so that the location check stays
+// with the reads that loaded them.
+func (s *Service) BoxViews(ctx context.Context, bs ...Box) ([]BoxView, error) {
+	if _, err := staff(ctx); err != nil {
+		return nil, err
+	}
+	return viewBoxes(ctx, bs...)
+}
+
 // BoxDetail is one box with what each of its bins holds.
 type BoxDetail struct {
 	BoxView
@@ -365,4 +376,54 @@ func (h *Handlers) ExportKeys(c *fiber.Ctx) error {
 	c.Set(fiber.HeaderContentDisposition, `attachment; filename="`+name+`"`)
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.Send(buf.Bytes())
+}
+
+// FlagList is a box's open flags.
+type FlagList struct {
+	Items []Flag `json:"items"`
+}
+
+// ListFlags handles GET /boxes/{id}/flags: the box's unresolved
+// inventory mismatches.
+func (h *Handlers) ListFlags(c *fiber.Ctx) error {
+	id, err := web.ID(c, "id", "box")
+	if err != nil {
+		return err
+	}
+	fs, err := h.svc.OpenFlags(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	if fs == nil {
+		fs = []Flag{}
+	}
+	return c.JSON(FlagList{Items: fs})
+}
+
+// ResolveFlagInput is the optional note of a resolution.
+type ResolveFlagInput struct {
+	Note string `json:"note"`
+}
+
+// ResolveFlag handles POST /boxes/{id}/flags/{flag_id}/resolve.
+func (h *Handlers) ResolveFlag(c *fiber.Ctx) error {
+	boxID, err := web.ID(c, "id", "box")
+	if err != nil {
+		return err
+	}
+	flagID, err := web.ID(c, "flag_id", "flag")
+	if err != nil {
+		return err
+	}
+	var in ResolveFlagInput
+	if len(c.Body()) > 0 {
+		if err := web.Bind(c, &in); err != nil {
+			return err
+		}
+	}
+	f, err := h.svc.ResolveFlag(c.UserContext(), boxID, flagID, in.Note)
+	if err != nil {
+		return err
+	}
+	return c.JSON(f)
 }

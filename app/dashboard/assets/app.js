@@ -44,6 +44,12 @@
     });
   });
 
+  // The offline codes sheet's Print button (no inline handlers under the
+  // page's CSP).
+  document.addEventListener("click", function (ev) {
+    if (ev.target.closest("[data-print]")) window.print();
+  });
+
   var reasons = {
     wrong_screen_code: "That is not the code on the box's screen, or it has changed. Type the code the screen shows now.",
     not_started: "Your access has not started yet. Come back at the start of your booking.",
