@@ -32,7 +32,8 @@ type txKey struct{}
 type scopedTx struct {
 	tenantID uuid.UUID
 	tx       *gorm.DB
-	after    *[]func() // run once the transaction has committed
+	after    *[]func()    // run once the transaction has committed
+	once     map[any]bool // keys of AfterCommitOnce already registered
 }
 
 // Begin opens a transaction for tenantID. The caller must Commit or Rollback
@@ -54,7 +55,7 @@ func (s *Scope) Begin(ctx context.Context, tenantID uuid.UUID) (*gorm.DB, error)
 
 // WithTx returns a context in which Tx finds tx, opened for tenantID.
 func WithTx(ctx context.Context, tenantID uuid.UUID, tx *gorm.DB) context.Context {
-	return context.WithValue(ctx, txKey{}, scopedTx{tenantID: tenantID, tx: tx, after: &[]func(){}})
+	return context.WithValue(ctx, txKey{}, scopedTx{tenantID: tenantID, tx: tx, after: &[]func(){}, once: map[any]bool{}})
 }
 
 // AfterCommit runs fn once ctx's transaction has committed, and never if it
@@ -68,6 +69,19 @@ func AfterCommit(ctx context.Context, fn func()) {
 		return
 	}
 	*st.after = append(*st.after, fn)
+}
+
+// AfterCommitOnce is AfterCommit for the first call with key in ctx's
+// transaction only: one wake-up for a transaction that wrote many rows.
+func AfterCommitOnce(ctx context.Context, key any, fn func()) {
+	st, ok := ctx.Value(txKey{}).(scopedTx)
+	if ok && st.once != nil {
+		if st.once[key] {
+			return
+		}
+		st.once[key] = true
+	}
+	AfterCommit(ctx, fn)
 }
 
 // Committed runs the AfterCommit functions of ctx's transaction. Whoever

@@ -735,6 +735,16 @@ func TestAfterCommit(t *testing.T) {
 	}
 	ran = nil
 	err = scope.Do(ctx, tenant, func(ctx context.Context) error {
+		for range 3 {
+			tenants.AfterCommitOnce(ctx, "wake", func() { ran = append(ran, "wake") })
+		}
+		return nil
+	})
+	if err != nil || !slices.Equal(ran, []string{"wake"}) {
+		t.Fatalf("AfterCommitOnce ran %v (%v), want once", ran, err)
+	}
+	ran = nil
+	err = scope.Do(ctx, tenant, func(ctx context.Context) error {
 		tenants.AfterCommit(ctx, func() { ran = append(ran, "rolled back") })
 		return errors.New("refused")
 	})

@@ -106,6 +106,9 @@ type Waker interface {
 	Wake(ctx context.Context)
 }
 
+// wakeKey makes the wake-up one per transaction, however many rows it wrote.
+type wakeKey struct{}
+
 // Option configures an Outbox.
 type Option func(*Outbox)
 
@@ -220,7 +223,7 @@ func (o *Outbox) Add(ctx context.Context, m Message) (uuid.UUID, error) {
 		return uuid.Nil, fmt.Errorf("outbox: insert: %w", err)
 	}
 	if o.waker != nil {
-		tenants.AfterCommit(ctx, func() { o.waker.Wake(context.WithoutCancel(ctx)) })
+		tenants.AfterCommitOnce(ctx, wakeKey{}, func() { o.waker.Wake(context.WithoutCancel(ctx)) })
 	}
 	return id, nil
 }
