@@ -4,12 +4,14 @@
 package jobs
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -126,4 +128,20 @@ func DecodeDeliverBatch(p []byte) (DeliverBatch, error) {
 		}
 	}
 	return b, nil
+}
+
+// Every runs fn at once and then every interval until ctx ends: the loop of
+// the periodic sweeps (janitor, retention, overdue keys, box health,
+// rollouts). fn reports its own failures; the next tick is the retry.
+func Every(ctx context.Context, interval time.Duration, fn func(ctx context.Context)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		fn(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -88,6 +88,19 @@ func PrincipalFrom(ctx context.Context) (Principal, error) {
 	return p, nil
 }
 
+// RequireBox returns the caller when it is a box (a signed device request):
+// the /box/v1 calls act for that box only.
+func RequireBox(ctx context.Context) (Principal, error) {
+	p, err := PrincipalFrom(ctx)
+	if err != nil {
+		return p, err
+	}
+	if p.BoxID == uuid.Nil {
+		return p, Errorf(EForbidden, "only a box can do this")
+	}
+	return p, nil
+}
+
 // Require returns the caller when its role is at least min.
 func Require(ctx context.Context, min Role) (Principal, error) {
 	p, err := PrincipalFrom(ctx)

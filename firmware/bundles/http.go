@@ -4,7 +4,6 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/google/uuid"
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/web"
@@ -22,9 +21,9 @@ func NewHandlers(svc *Service) *Handlers { return &Handlers{svc: svc} }
 // Fetch handles GET /box/v1/bundle: the calling box's signed bundle, or
 // 304 when If-None-Match names the current one.
 func (h *Handlers) Fetch(c *fiber.Ctx) error {
-	p, err := tenants.PrincipalFrom(c.UserContext())
-	if err != nil || p.BoxID == uuid.Nil {
-		return tenants.Errorf(tenants.EUnauthorized, "only a box fetches its bundle")
+	p, err := tenants.RequireBox(c.UserContext())
+	if err != nil {
+		return err
 	}
 	etag, bundle, err := h.svc.Current(c.UserContext(), p.BoxID)
 	if err != nil {

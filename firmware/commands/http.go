@@ -42,9 +42,9 @@ type List struct {
 // waits: the route's middleware authenticates in a transaction of its own
 // and each read below opens a short one.
 func (h *Handlers) Poll(c *fiber.Ctx) error {
-	p, err := tenants.PrincipalFrom(c.UserContext())
-	if err != nil || p.BoxID == uuid.Nil {
-		return tenants.Errorf(tenants.EUnauthorized, "only a box polls for commands")
+	p, err := tenants.RequireBox(c.UserContext())
+	if err != nil {
+		return err
 	}
 	wait := MaxWait
 	if s := c.Query("wait"); s != "" {
@@ -104,9 +104,9 @@ type AckInput struct {
 
 // Ack handles POST /box/v1/commands/{id}/ack.
 func (h *Handlers) Ack(c *fiber.Ctx) error {
-	p, err := tenants.PrincipalFrom(c.UserContext())
-	if err != nil || p.BoxID == uuid.Nil {
-		return tenants.Errorf(tenants.EUnauthorized, "only a box acknowledges commands")
+	p, err := tenants.RequireBox(c.UserContext())
+	if err != nil {
+		return err
 	}
 	id, err := web.ID(c, "id", "command")
 	if err != nil {

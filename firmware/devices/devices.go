@@ -352,14 +352,6 @@ func Sign(key ed25519.PrivateKey, credentialID, method, path string, body []byte
 	return map[string]string{HeaderCredential: credentialID, HeaderTime: ts, HeaderNonce: nonce, HeaderSignature: base64.StdEncoding.EncodeToString(sig)}
 }
 
-// ClockSkewError refuses a request whose time is too far from the server's;
-// it carries the server's time so the box can correct its offset.
-type ClockSkewError struct{ ServerTime time.Time }
-
-func (e *ClockSkewError) Error() string {
-	return "the box's clock is more than " + MaxSkew.String() + " from the server's (" + e.ServerTime.UTC().Format(time.RFC3339) + ")"
-}
-
 // Authenticate checks a signed request inside the tenant's transaction
 // (opened for the tenant the credential id names) and returns the box as
 // the principal. Every failure but the clock is the same 401, so a caller
@@ -375,7 +367,9 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 	}
 	now := s.now()
 	if d := now.Sub(time.Unix(unix, 0)); d > MaxSkew || d < -MaxSkew {
-		return tenants.Principal{}, &tenants.Error{Code: tenants.EUnauthorized, Message: (&ClockSkewError{ServerTime: now}).Error(), Err: &ClockSkewError{ServerTime: now}}
+		// The server's time is in the message (and the Date header), so the
+		// box can correct its offset.
+		return tenants.Principal{}, tenants.Errorf(tenants.EUnauthorized, "the box's clock is more than %s from the server's (%s)", MaxSkew, now.UTC().Format(time.RFC3339))
 	}
 	sig, err := base64.StdEncoding.DecodeString(r.Signature)
 	if err != nil || len(sig) != ed25519.SignatureSize || len(r.Nonce) < 16 || len(r.Nonce) > 64 {
@@ -432,9 +426,9 @@ type Me struct {
 // Whoami answers a box that checks its credential (at start, after a
 // restore from backup).
 func (s *Service) Whoami(ctx context.Context) (Me, error) {
-	p, err := tenants.PrincipalFrom(ctx)
-	if err != nil || p.BoxID == uuid.Nil {
-		return Me{}, errBadSignature
+	p, err := tenants.RequireBox(ctx)
+	if err != nil {
+		return Me{}, err
 	}
 	b, err := visibleBox(ctx, p, p.BoxID)
 	if err != nil {

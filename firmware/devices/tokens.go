@@ -1,12 +1,12 @@
 package devices
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"strings"
 
 	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants"
 )
 
 // A provisioning token carries its tenant's id in clear next to 256 random
@@ -16,32 +16,12 @@ import (
 const tokenPrefix = "krp_"
 
 func mintToken(tenantID uuid.UUID) (string, []byte, error) {
-	buf := make([]byte, 16+32)
-	copy(buf, tenantID[:])
-	if _, err := rand.Read(buf[16:]); err != nil {
-		return "", nil, err
-	}
-	tok := tokenPrefix + base64.RawURLEncoding.EncodeToString(buf)
-	return tok, hashToken(tok), nil
+	return tenants.MintToken(tokenPrefix, tenantID, 32)
 }
 
-func parseToken(tok string) (uuid.UUID, bool) {
-	rest, ok := strings.CutPrefix(tok, tokenPrefix)
-	if !ok {
-		return uuid.Nil, false
-	}
-	buf, err := base64.RawURLEncoding.DecodeString(rest)
-	if err != nil || len(buf) != 48 {
-		return uuid.Nil, false
-	}
-	id, _ := uuid.FromBytes(buf[:16])
-	return id, id != uuid.Nil
-}
+func parseToken(tok string) (uuid.UUID, bool) { return tenants.TokenTenant(tokenPrefix, tok, 32) }
 
-func hashToken(tok string) []byte {
-	h := sha256.Sum256([]byte(tok))
-	return h[:]
-}
+func hashToken(tok string) []byte { return tenants.HashToken(tok) }
 
 // A credential id names the tenant and the credential; it is not a secret
 // (the signature is the proof), only the way to the right tenant's rows.

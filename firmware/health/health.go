@@ -26,8 +26,10 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 
+	"github.com/keyrelay/keyrelay/jobs"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/inventory"
 	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
@@ -117,9 +119,9 @@ func ViewOf(s Status) View {
 // Record stores a heartbeat of the calling box, raises the alerts of a new
 // incident and closes the incidents that ended.
 func (s *Service) Record(ctx context.Context, hb Heartbeat) (View, error) {
-	p, err := tenants.PrincipalFrom(ctx)
-	if err != nil || p.BoxID == uuid.Nil {
-		return View{}, tenants.Errorf(tenants.EForbidden, "only a box sends heartbeats")
+	p, err := tenants.RequireBox(ctx)
+	if err != nil {
+		return View{}, err
 	}
 	var v tenants.Validator
 	v.Check(len(hb.FirmwareVersion) <= 64, "firmware_version", "must be at most 64 characters")
@@ -143,7 +145,7 @@ func (s *Service) Record(ctx context.Context, hb Heartbeat) (View, error) {
 	if isNew {
 		st = Status{TenantID: p.TenantID, BoxID: p.BoxID, Online: true, Since: now, PowerSource: "mains"}
 	}
-	box := s.boxName(ctx, p.BoxID)
+	box := inventory.BoxName(ctx, p.BoxID)
 	if !st.Online {
 		st.Online, st.Since, st.OfflineAlertedAt = true, now, nil
 		if err := audit.Record(ctx, p.Actor(), "box.online", "box:"+p.BoxID.String(), nil); err != nil {
@@ -219,16 +221,6 @@ func (s *Service) alert(ctx context.Context, p tenants.Principal, kind, box stri
 		return err
 	}
 	return audit.Record(ctx, "box:"+p.BoxID.String(), action, "box:"+p.BoxID.String(), details)
-}
-
-func (s *Service) boxName(ctx context.Context, boxID uuid.UUID) string {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return ""
-	}
-	var name string
-	tx.Raw(`SELECT name FROM boxes WHERE id = ?`, boxID).Scan(&name)
-	return name
 }
 
 // Sweep handles the deadlines that passed: boxes whose heartbeats stopped
@@ -323,7 +315,7 @@ func (s *Service) alertOffline(ctx context.Context, boxID uuid.UUID) error {
 		return fmt.Errorf("health: note alert: %w", err)
 	}
 	minutes := strconv.Itoa(int(now.Sub(st.Since).Minutes()))
-	name := s.boxName(ctx, boxID)
+	name := inventory.BoxName(ctx, boxID)
 	if err := s.alerts.AlertAdmins(ctx, "box_offline", map[string]string{"box": name, "minutes": minutes, "since": st.Since.UTC().Format(time.RFC3339)}); err != nil {
 		return err
 	}
@@ -335,18 +327,11 @@ func (s *Service) alertOffline(ctx context.Context, boxID uuid.UUID) error {
 
 // Run sweeps every interval until ctx ends.
 func (s *Service) Run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("health: sweep failed; retrying at the next tick", "err", err)
-			}
+	jobs.Every(ctx, every, func(ctx context.Context) {
+		if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("health: sweep failed; retrying at the next tick", "err", err)
 		}
-	}
+	})
 }
 
 // Of returns the stored health of the tenant's boxes in ctx, by box id.

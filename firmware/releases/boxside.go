@@ -48,17 +48,6 @@ type boxInfo struct {
 	Timezone string
 }
 
-func box(ctx context.Context) (tenants.Principal, error) {
-	p, err := tenants.PrincipalFrom(ctx)
-	if err != nil {
-		return p, err
-	}
-	if p.BoxID == uuid.Nil {
-		return p, tenants.Errorf(tenants.EForbidden, "only a box may call this")
-	}
-	return p, nil
-}
-
 // floor is the lowest version and security version a box may be offered
 // anything above: the higher of what it reported after its last install
 // and what it says now.
@@ -90,7 +79,7 @@ func floor(ctx context.Context, boxID uuid.UUID, cur Current) (int64, int, error
 // offered — and, for a download not yet started, inside the rollout's
 // maintenance window in the box's time zone.
 func (s *Service) CheckUpdate(ctx context.Context, cur Current) (Check, error) {
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return Check{}, err
 	}
@@ -173,7 +162,7 @@ func (s *Service) CheckUpdate(ctx context.Context, cur Current) (Check, error) {
 // Artifact opens a release's artifact for the calling box: only a box
 // with a live assignment of that release may download it.
 func (s *Service) Artifact(ctx context.Context, releaseID uuid.UUID) (Object, string, error) {
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return nil, "", err
 	}
@@ -223,7 +212,7 @@ var order = map[string]int{"assigned": 0, "downloading": 1, "installing": 2, "in
 // an installed or failed update is final. A failure is weighed against
 // the rollout's threshold at once.
 func (s *Service) ReportStatus(ctx context.Context, in Report) (BoxProgress, error) {
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return BoxProgress{}, err
 	}

@@ -17,6 +17,7 @@ import (
 	"gorm.io/gorm/clause"
 
 	"github.com/keyrelay/keyrelay/firmware/commands"
+	"github.com/keyrelay/keyrelay/jobs"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
 )
@@ -600,18 +601,11 @@ func (s *Service) Tick(ctx context.Context) (int, error) {
 
 // Run ticks every interval until ctx ends.
 func (s *Service) Run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := s.Tick(ctx); err != nil && ctx.Err() == nil {
-				s.Log.Warn("firmware rollouts: tick failed; retrying at the next one", "err", err)
-			}
+	jobs.Every(ctx, every, func(ctx context.Context) {
+		if _, err := s.Tick(ctx); err != nil && ctx.Err() == nil {
+			s.Log.Warn("firmware rollouts: tick failed; retrying at the next one", "err", err)
 		}
-	}
+	})
 }
 
 // Summary is one rollout in the operator's cross-tenant list.

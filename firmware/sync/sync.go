@@ -80,21 +80,10 @@ type State struct {
 	HighHash string `json:"high_hash"` // Link of entry HighSeq; "" at 0
 }
 
-func box(ctx context.Context) (tenants.Principal, error) {
-	p, err := tenants.PrincipalFrom(ctx)
-	if err != nil {
-		return p, err
-	}
-	if p.BoxID == uuid.Nil {
-		return p, tenants.Errorf(tenants.EForbidden, "only a box can do this")
-	}
-	return p, nil
-}
-
 // State answers GET /box/v1/sync: a box that was refused (replay, gap)
 // reads where to resume.
 func (s *Service) State(ctx context.Context) (State, error) {
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return State{}, err
 	}
@@ -129,7 +118,7 @@ type parsed struct {
 // Ingest verifies and stores a batch (see the package doc for the order of
 // checks and what each refusal means).
 func (s *Service) Ingest(ctx context.Context, in Batch) (Result, error) {
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return Result{}, err
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gorm.io/gorm"
+
+	"github.com/keyrelay/keyrelay/jobs"
 )
 
 // Janitor sweeps periodically.
@@ -35,19 +37,13 @@ func (j *Janitor) Sweep(ctx context.Context) (sessions, resets int, err error) {
 // Run sweeps every period until ctx ends. Running it on several replicas
 // is harmless: the deletes are idempotent.
 func (j *Janitor) Run(ctx context.Context) error {
-	t := time.NewTicker(j.every)
-	defer t.Stop()
-	for {
+	jobs.Every(ctx, j.every, func(ctx context.Context) {
 		s, r, err := j.Sweep(ctx)
 		if err != nil && ctx.Err() == nil {
 			j.log.Warn("janitor: sweep failed", "err", err)
 		} else if s+r > 0 {
 			j.log.Info("janitor: swept", "sessions", s, "reset_tokens", r)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	})
+	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/google/uuid"
 	"gorm.io/gorm"
 
+	"github.com/keyrelay/keyrelay/jobs"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
 	"github.com/keyrelay/keyrelay/tenants/webhooks"
@@ -143,16 +144,9 @@ func (s *Sweeper) alert(ctx context.Context, keyID uuid.UUID) (bool, error) {
 
 // Run sweeps every interval until ctx ends.
 func (s *Sweeper) Run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("overdue: sweep failed; retrying at the next tick", "alerted", n, "err", err)
-			}
+	jobs.Every(ctx, every, func(ctx context.Context) {
+		if n, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("overdue: sweep failed; retrying at the next tick", "alerted", n, "err", err)
 		}
-	}
+	})
 }

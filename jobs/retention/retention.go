@@ -32,6 +32,7 @@ import (
 	"github.com/google/uuid"
 	"gorm.io/gorm"
 
+	"github.com/keyrelay/keyrelay/jobs"
 	"github.com/keyrelay/keyrelay/tenants/visitors"
 )
 
@@ -136,9 +137,7 @@ func (j *Job) Sweep(ctx context.Context) (Swept, error) {
 
 // Run sweeps every period until ctx ends.
 func (j *Job) Run(ctx context.Context) error {
-	t := time.NewTicker(j.cfg.Every)
-	defer t.Stop()
-	for {
+	jobs.Every(ctx, j.cfg.Every, func(ctx context.Context) {
 		s, err := j.Sweep(ctx)
 		if err != nil && ctx.Err() == nil {
 			j.log.Warn("retention: sweep failed", "err", err)
@@ -147,10 +146,6 @@ func (j *Job) Run(ctx context.Context) error {
 			j.log.Info("retention: swept", "message_bodies", s.MessageBodies, "pickup_challenges", s.PickupChallenges,
 				"tenants", s.Tenants, "bookings", s.Bookings, "alias_codes", s.AliasCodes)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	})
+	return nil
 }

@@ -1,12 +1,9 @@
 package accounts
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"strings"
-
 	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/tenants"
 )
 
 // Bearer secrets (session tokens, API keys, reset tokens) carry their
@@ -29,34 +26,16 @@ const (
 const tokenSecretLen = 32
 
 func mintToken(kind tokenKind, tenantID uuid.UUID) (string, []byte, error) {
-	buf := make([]byte, 16+tokenSecretLen)
-	copy(buf, tenantID[:])
-	if _, err := rand.Read(buf[16:]); err != nil {
-		return "", nil, err
-	}
-	tok := string(kind) + "_" + base64.RawURLEncoding.EncodeToString(buf)
-	return tok, hashToken(tok), nil
+	return tenants.MintToken(string(kind)+"_", tenantID, tokenSecretLen)
 }
 
 // parseToken returns the tenant a token claims; ok is false for anything
 // that is not a well-formed token of kind.
-func parseToken(kind tokenKind, tok string) (tenantID uuid.UUID, ok bool) {
-	rest, found := strings.CutPrefix(tok, string(kind)+"_")
-	if !found {
-		return uuid.Nil, false
-	}
-	buf, err := base64.RawURLEncoding.DecodeString(rest)
-	if err != nil || len(buf) != 16+tokenSecretLen {
-		return uuid.Nil, false
-	}
-	copy(tenantID[:], buf[:16])
-	return tenantID, tenantID != uuid.Nil
+func parseToken(kind tokenKind, tok string) (uuid.UUID, bool) {
+	return tenants.TokenTenant(string(kind)+"_", tok, tokenSecretLen)
 }
 
-func hashToken(tok string) []byte {
-	h := sha256.Sum256([]byte(tok))
-	return h[:]
-}
+func hashToken(tok string) []byte { return tenants.HashToken(tok) }
 
 // TenantOfToken returns the tenant a session token or API key claims, so the
 // HTTP layer can open that tenant's transaction before authenticating.

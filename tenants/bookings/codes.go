@@ -3,8 +3,6 @@ package bookings
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"fmt"
 	"math/big"
 	"time"
@@ -216,33 +214,17 @@ const urlTokenLen = 16
 // cross-tenant query, as with session tokens) followed by 128 random bits.
 // Only its SHA-256 is looked up; the token is sealed for showing the URL.
 func newURLToken(tenantID uuid.UUID) (string, []byte, error) {
-	buf := make([]byte, 16+urlTokenLen)
-	copy(buf, tenantID[:])
-	if _, err := rand.Read(buf[16:]); err != nil {
-		return "", nil, fmt.Errorf("bookings: draw a URL token: %w", err)
-	}
-	tok := base64.RawURLEncoding.EncodeToString(buf)
-	return tok, URLTokenHash(tok), nil
+	return tenants.MintToken("", tenantID, urlTokenLen)
 }
 
 // URLTokenHash is the stored hash of a booking URL token
 // (bookings.url_token_hash).
-func URLTokenHash(tok string) []byte {
-	h := sha256.Sum256([]byte(tok))
-	return h[:]
-}
+func URLTokenHash(tok string) []byte { return tenants.HashToken(tok) }
 
 // TenantOfURLToken returns the tenant a booking URL token claims, for the
 // visitor page to open that tenant's transaction before looking the token
 // up by URLTokenHash; ok is false for anything that is not such a token.
-func TenantOfURLToken(tok string) (uuid.UUID, bool) {
-	buf, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(buf) != 16+urlTokenLen {
-		return uuid.Nil, false
-	}
-	id, _ := uuid.FromBytes(buf[:16])
-	return id, id != uuid.Nil
-}
+func TenantOfURLToken(tok string) (uuid.UUID, bool) { return tenants.TokenTenant("", tok, urlTokenLen) }
 
 func urlSealContext(tenantID, bookingID uuid.UUID) []byte {
 	return []byte("booking-url:" + tenantID.String() + ":" + bookingID.String())

@@ -37,7 +37,7 @@ type keyRow struct {
 // else any free bin. Accepted after the access ended or was revoked: a
 // key must always be able to come back.
 func (s *Service) Dropoff(ctx context.Context, in DropoffInput) (Result, error) {
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return Result{}, err
 	}

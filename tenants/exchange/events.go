@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/inventory"
 	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
@@ -54,7 +55,7 @@ type Recorded struct {
 
 // Record applies a batch of box events to the key records.
 func (s *Service) Record(ctx context.Context, in EventsInput) (Recorded, error) {
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return Recorded{}, err
 	}
@@ -250,5 +251,5 @@ func (s *Service) raise(ctx context.Context, p tenants.Principal, f Flag, at *ti
 	if err := audit.Record(ctx, p.Actor(), "inventory.flagged", "box:"+p.BoxID.String(), details); err != nil {
 		return err
 	}
-	return s.alertStaff(ctx, "inventory_flag", map[string]string{"box": s.boxName(ctx, p.BoxID), "detail": f.Detail})
+	return s.alertStaff(ctx, "inventory_flag", map[string]string{"box": inventory.BoxName(ctx, p.BoxID), "detail": f.Detail})
 }

@@ -187,18 +187,6 @@ func denied(reason string) Result {
 	return Result{Result: "denied", Reason: reason, Message: messages[reason]}
 }
 
-// box returns the calling box from ctx.
-func box(ctx context.Context) (tenants.Principal, error) {
-	p, err := tenants.PrincipalFrom(ctx)
-	if err != nil {
-		return p, err
-	}
-	if p.BoxID == uuid.Nil {
-		return p, tenants.Errorf(tenants.EForbidden, "only a box can do this")
-	}
-	return p, nil
-}
-
 func boxKey(p tenants.Principal) string { return p.TenantID.String() + "/" + p.BoxID.String() }
 
 func errf(format string, args ...any) error { return fmt.Errorf("exchange: "+format, args...) }

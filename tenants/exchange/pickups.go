@@ -20,6 +20,7 @@ import (
 	"github.com/keyrelay/keyrelay/tenants/audit"
 	"github.com/keyrelay/keyrelay/tenants/bookings"
 	"github.com/keyrelay/keyrelay/tenants/guard"
+	"github.com/keyrelay/keyrelay/tenants/inventory"
 	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
 
@@ -35,7 +36,7 @@ type PickupInput struct {
 // Pickup starts or completes a pickup.
 func (s *Service) Pickup(ctx context.Context, in PickupInput) (res Result, err error) {
 	defer func() { s.observe(ctx, res, err) }()
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return Result{}, err
 	}
@@ -170,7 +171,7 @@ func (s *Service) failedAtBox(ctx context.Context, p tenants.Principal, att *gua
 	if err != nil || n != guard.BoxCooldown.Hard {
 		return nil // an alert is worth less than the pickup answer
 	}
-	if err := s.alertStaff(ctx, "box_cooldown", map[string]string{"box": s.boxName(ctx, p.BoxID), "minutes": strconv.Itoa(int(guard.BoxCooldown.Window.Minutes())), "failures": strconv.Itoa(n)}); err != nil {
+	if err := s.alertStaff(ctx, "box_cooldown", map[string]string{"box": inventory.BoxName(ctx, p.BoxID), "minutes": strconv.Itoa(int(guard.BoxCooldown.Window.Minutes())), "failures": strconv.Itoa(n)}); err != nil {
 		return err
 	}
 	return audit.Record(ctx, p.Actor(), "box.cooldown_started", "box:"+p.BoxID.String(), map[string]string{"failures": strconv.Itoa(n)})
@@ -328,7 +329,7 @@ func (s *Service) pickupByPhone(ctx context.Context, p tenants.Principal, phone 
 			ch = outbox.Email
 		}
 		if _, err := s.messages.Add(ctx, outbox.Message{Kind: "exchange_code", Channel: ch, Recipient: recipient, Priority: outbox.Critical,
-			Data: map[string]string{"code": code, "key": keyNames(choices), "box": s.boxName(ctx, p.BoxID)}}); err != nil {
+			Data: map[string]string{"code": code, "key": keyNames(choices), "box": inventory.BoxName(ctx, p.BoxID)}}); err != nil {
 			return Result{}, err
 		}
 	}
@@ -464,16 +465,6 @@ func sixDigits() (string, error) {
 	return fmt.Sprintf("%06d", n.Int64()), nil
 }
 
-func (s *Service) boxName(ctx context.Context, boxID uuid.UUID) string {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return ""
-	}
-	var name string
-	tx.Raw(`SELECT name FROM boxes WHERE id = ?`, boxID).Scan(&name)
-	return name
-}
-
 // VerifyInput completes a pickup by phone number.
 type VerifyInput struct {
 	ChallengeID uuid.UUID  `json:"challenge_id"`
@@ -487,7 +478,7 @@ type VerifyInput struct {
 // of the chosen key.
 func (s *Service) Verify(ctx context.Context, in VerifyInput) (res Result, err error) {
 	defer func() { s.observe(ctx, res, err) }()
-	p, err := box(ctx)
+	p, err := tenants.RequireBox(ctx)
 	if err != nil {
 		return Result{}, err
 	}

@@ -476,3 +476,15 @@ func (s *Service) DeleteBox(ctx context.Context, id uuid.UUID) error {
 	}
 	return audit.Record(ctx, p.Actor(), "box.deleted", "box:"+b.ID.String(), map[string]string{"name": b.Name})
 }
+
+// BoxName returns the name of a box of ctx's tenant for the texts of
+// alerts ("" when it cannot be read: an alert is still worth sending).
+func BoxName(ctx context.Context, boxID uuid.UUID) string {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return ""
+	}
+	var name string
+	tx.Raw(`SELECT name FROM boxes WHERE id = ?`, boxID).Scan(&name)
+	return name
+}
