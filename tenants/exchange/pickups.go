@@ -167,10 +167,10 @@ func (s *Service) failedAtBox(ctx context.Context, p tenants.Principal, att *gua
 	if err := att.Failed(ctx); err != nil {
 		return err
 	}
-	n, _, err := s.guard.Peek(ctx, guard.BoxCooldown, boxKey(p))
-	if err != nil || n != guard.BoxCooldown.Hard {
-		return nil // an alert is worth less than the pickup answer
+	if !att.Reached() {
+		return nil
 	}
+	n := guard.BoxCooldown.Hard
 	if err := s.alertStaff(ctx, "box_cooldown", map[string]string{"box": inventory.BoxName(ctx, p.BoxID), "minutes": strconv.Itoa(int(guard.BoxCooldown.Window.Minutes())), "failures": strconv.Itoa(n)}); err != nil {
 		return err
 	}
@@ -632,7 +632,7 @@ func (s *Service) bookingFailure(ctx context.Context, p tenants.Principal, choic
 		if err := att.Failed(ctx); err != nil {
 			return err
 		}
-		if n, _, err := s.guard.Peek(ctx, guard.BookingCode, key); err == nil && n == guard.BookingCode.Hard {
+		if n := guard.BookingCode.Hard; att.Reached() {
 			if err := s.alertStaff(ctx, "booking_locked", map[string]string{"key": c.KeyName, "booking": c.AccessID.String(), "failures": strconv.Itoa(n)}); err != nil {
 				return err
 			}

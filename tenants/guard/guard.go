@@ -339,6 +339,13 @@ func (a *Attempt) Failed(ctx context.Context) error {
 	return nil
 }
 
+// Reached reports whether this attempt is the one that reached the rule's
+// Hard limit: exactly one failed attempt per window is, since the counter
+// gives each attempt its own number and a failure is never taken back. For
+// alerting once when a subject locks (a Peek after Failed would let two
+// concurrent failures both see the limit).
+func (a *Attempt) Reached() bool { return a.n >= a.rule.Hard }
+
 // Succeeded records that the secret was right: it resets the subject's
 // counter and lockout, or, under KeepOnSuccess, only takes back this
 // attempt and releases its lock.

@@ -676,3 +676,34 @@ func TestKeysShareHashSlot(t *testing.T) {
 		t.Fatal("a prefix with braces was accepted: it would move every key to one slot")
 	}
 }
+
+// Exactly one failed attempt reaches the hard limit, also when the failures
+// run concurrently: the one a lock alert is sent for.
+func TestReachedOnce(t *testing.T) {
+	g, _ := newGuard(t)
+	ctx := context.Background()
+	r := Rule{Name: "reached", Free: 8, Hard: 8, Window: time.Minute}
+	var reached atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := g.Begin(ctx, r, "subject")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if err := a.Failed(ctx); err != nil {
+				t.Error(err)
+			}
+			if a.Reached() {
+				reached.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := reached.Load(); n != 1 {
+		t.Fatalf("%d attempts reached the limit, want exactly 1", n)
+	}
+}
