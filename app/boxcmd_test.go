@@ -67,15 +67,14 @@ func TestReferenceDeviceOnline(t *testing.T) {
 	f := s.signup(t)
 	st := s.newSite(t, f, 2)
 	opened := make(chan int, 1)
-	bundles, err := box.OpenBundles(st.box, t.TempDir())
+	dev, err := box.New(st.box, t.TempDir(), box.Config{Hold: map[int]string{2: st.fobs[2]}, Opened: opened, BatteryLevel: 90, Tick: 50 * time.Millisecond}, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev := &box.Device{Client: st.box, FirmwareVersion: "5.2.0", Bins: map[int]string{2: st.fobs[2]}, Log: discardLogger(), Opened: opened, BatteryLevel: 90, Bundles: bundles}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- dev.Run(ctx, time.Minute) }()
-	t.Cleanup(func() { cancel(); <-done })
+	go func() { done <- dev.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; dev.Close() })
 	waitFor(t, "the box to be online", 10*time.Second, func() bool {
 		return f.Owner.expect(t, 200, "GET", "/api/v1/boxes/"+st.boxID, nil).JSON(t)["status"].(map[string]any)["online"] == true
 	})
@@ -93,7 +92,8 @@ func TestReferenceDeviceOnline(t *testing.T) {
 	})
 	// A new booking changes what the box must know offline: the platform
 	// rebuilds its bundle and says so, and the device fetches it.
-	before := bundles.State().Signing.Version
+	waitFor(t, "the first bundle", 10*time.Second, func() bool { return dev.Status().BundleVersion > 0 })
+	before := dev.Status().BundleVersion
 	st.book(t, 2, time.Hour, 2*time.Hour)
-	waitFor(t, "the device to take the new bundle", 30*time.Second, func() bool { return bundles.State().Signing.Version > before })
+	waitFor(t, "the device to take the new bundle", 30*time.Second, func() bool { return dev.Status().BundleVersion > before })
 }

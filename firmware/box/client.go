@@ -16,7 +16,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
+
+	"github.com/keyrelay/keyrelay/firmware/boxkeys"
 	"github.com/keyrelay/keyrelay/firmware/devices"
+	"github.com/keyrelay/keyrelay/tenants/exchange"
 )
 
 // Identity is what a box keeps in its secure storage after provisioning.
@@ -142,4 +146,29 @@ func (c *Client) Call(ctx context.Context, want int, method, path string, body, 
 		return json.Unmarshal(raw, out)
 	}
 	return nil
+}
+
+// ScreenCode is the code the box's screen shows now (booking-page pickups).
+func (c *Client) ScreenCode() (string, error) {
+	id, err := uuid.Parse(c.ID.BoxID)
+	if err != nil {
+		return "", err
+	}
+	return boxkeys.ScreenCode(c.ID.Secret, id, c.now())
+}
+
+// ReportPickup reports a bin opened on the server's word and the key
+// taken from it, for a pickup made outside a running Device (the one-off
+// command line).
+func (c *Client) ReportPickup(ctx context.Context, bin int, accessID *uuid.UUID) error {
+	now := c.now()
+	return c.Call(ctx, http.StatusOK, http.MethodPost, "/box/v1/events", exchange.EventsInput{Events: []exchange.Event{
+		{Type: "bin_opened", Bin: bin, At: &now}, {Type: "key_taken", Bin: bin, AccessID: accessID, At: &now}, {Type: "bin_closed", Bin: bin, At: &now}}}, nil)
+}
+
+// ReportDropoff reports a key put into a bin, the same way.
+func (c *Client) ReportDropoff(ctx context.Context, bin int, fob string) error {
+	now := c.now()
+	return c.Call(ctx, http.StatusOK, http.MethodPost, "/box/v1/events", exchange.EventsInput{Events: []exchange.Event{
+		{Type: "bin_opened", Bin: bin, At: &now}, {Type: "bin_closed", Bin: bin, FobSerial: &fob, At: &now}}}, nil)
 }

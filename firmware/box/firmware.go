@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/keyrelay/keyrelay/firmware/devices"
 	"github.com/keyrelay/keyrelay/firmware/releases"
 	"github.com/keyrelay/keyrelay/firmware/signing"
@@ -43,16 +45,42 @@ type Updater struct {
 	// CutAfter, when positive, drops the connection of the next download
 	// request after that many bytes (tests: a cut that must resume).
 	CutAfter int64
+	// unreported is a release installed whose "installed" report has not
+	// reached the platform yet: sent before the next check, since a check
+	// with the new version would have the platform skip the assignment
+	// rather than record it installed.
+	unreported *uuid.UUID
+}
+
+// installed is what the box runs, persisted so a restart runs it too.
+type installed struct {
+	Version         string     `json:"version"`
+	SecurityVersion int        `json:"security_version"`
+	Unreported      *uuid.UUID `json:"unreported_release_id,omitempty"`
 }
 
 // NewUpdater returns the firmware side of a provisioned box running
-// version (security version sv).
+// version (security version sv): the factory image, unless an update
+// installed by an earlier run is recorded in dir.
 func NewUpdater(c *Client, dir, version string, sv int) (*Updater, error) {
+	if raw, err := os.ReadFile(filepath.Join(dir, installedFile)); err == nil {
+		var in installed
+		if err := json.Unmarshal(raw, &in); err != nil {
+			return nil, fmt.Errorf("box: installed firmware: %w", err)
+		}
+		return newUpdater(c, dir, in.Version, in.SecurityVersion, in.Unreported)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("box: installed firmware: %w", err)
+	}
+	return newUpdater(c, dir, version, sv, nil)
+}
+
+func newUpdater(c *Client, dir, version string, sv int, unreported *uuid.UUID) (*Updater, error) {
 	n, ok := releases.ParseVersion(version)
 	if !ok {
 		return nil, fmt.Errorf("box: firmware version %q is not MAJOR.MINOR.PATCH", version)
 	}
-	u := &Updater{Client: c, Dir: dir, Version: version, SecurityVersion: sv, MaxSize: 256 << 20,
+	u := &Updater{Client: c, Dir: dir, Version: version, SecurityVersion: sv, MaxSize: 256 << 20, unreported: unreported,
 		Trust: signing.State{Root: c.ID.RootPublicKey, Version: n, SecurityVersion: uint64(sv)}}
 	if raw, err := os.ReadFile(u.statePath()); err == nil {
 		if err := json.Unmarshal(raw, &u.Trust); err != nil {
@@ -62,7 +90,18 @@ func NewUpdater(c *Client, dir, version string, sv int) (*Updater, error) {
 	return u, os.MkdirAll(dir, 0o700)
 }
 
+// installedFile records the firmware the box runs.
+const installedFile = "firmware-installed.json"
+
 func (u *Updater) statePath() string { return filepath.Join(u.Dir, "firmware-trust.json") }
+
+func (u *Updater) saveInstalled() error {
+	raw, err := json.Marshal(installed{Version: u.Version, SecurityVersion: u.SecurityVersion, Unreported: u.unreported})
+	if err != nil {
+		return err
+	}
+	return writeAtomic(u.Dir, installedFile, raw)
+}
 
 // ErrCut is a download the simulated network dropped.
 var ErrCut = errors.New("box: download cut")
@@ -215,7 +254,27 @@ func (u *Updater) Verify(up *releases.Update, path string, now time.Time) (signi
 // when there was none. A refused artifact is reported failed with the
 // refusal as the reason; a cut download is reported nowhere and resumes
 // at the next Apply.
+//
+// Installing does not wait for the platform: once the artifact is
+// verified (and the trust state persisted, so it cannot be verified
+// again) the box installs it and records the new version even when the
+// "installing" report is lost; an "installed" report that does not get
+// through is kept and sent at the next Apply, before the check.
 func (u *Updater) Apply(ctx context.Context) (*releases.Update, error) {
+	if u.unreported != nil {
+		err := u.Client.Call(ctx, http.StatusOK, http.MethodPost, "/box/v1/firmware/status",
+			releases.Report{ReleaseID: *u.unreported, Status: "installed"}, nil)
+		// A refusal (the assignment ended otherwise meanwhile) is the
+		// platform's last word: sending it again would change nothing.
+		var se *StatusError
+		if err != nil && !(errors.As(err, &se) && se.Status < 500) {
+			return nil, fmt.Errorf("box: report the installed firmware: %w", err)
+		}
+		u.unreported = nil
+		if err := u.saveInstalled(); err != nil {
+			return nil, err
+		}
+	}
 	up, _, err := u.Check(ctx)
 	if err != nil || up == nil {
 		return nil, err
@@ -237,11 +296,18 @@ func (u *Updater) Apply(ctx context.Context) (*releases.Update, error) {
 		}
 		return nil, err
 	}
-	if err := u.Report(ctx, up, "installing", ""); err != nil {
+	// A lost "installing" report changes nothing: "installed" follows it.
+	_ = u.Report(ctx, up, "installing", "")
+	// The simulator's install: the new version is what the box runs now.
+	id := up.ReleaseID
+	u.Version, u.SecurityVersion, u.unreported = up.Version, int(m.SecurityVersion), &id
+	if err := u.saveInstalled(); err != nil {
 		return nil, err
 	}
-	// The simulator's install: the new version is what the box runs now.
-	u.Version, u.SecurityVersion = up.Version, int(m.SecurityVersion)
 	os.Remove(path)
-	return up, u.Report(ctx, up, "installed", "")
+	if err := u.Report(ctx, up, "installed", ""); err != nil {
+		return up, fmt.Errorf("box: installed %s, report pending: %w", up.Version, err)
+	}
+	u.unreported = nil
+	return up, u.saveInstalled()
 }

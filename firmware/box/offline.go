@@ -149,6 +149,31 @@ func (o *Offline) SetRevokedTags(tags []string) error {
 	return o.save()
 }
 
+// SetBins replaces what every bin holds with hold (bin → fob serial):
+// what the readers see when the box starts.
+func (o *Offline) SetBins(hold map[int]string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.st.Bins = map[int]string{}
+	for bin, fob := range hold {
+		o.st.Bins[bin] = fob
+	}
+	return o.save()
+}
+
+// Bins returns the bins that hold a key (bin → fob serial).
+func (o *Offline) Bins() map[int]string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := map[int]string{}
+	for bin, fob := range o.st.Bins {
+		if fob != "" {
+			out[bin] = fob
+		}
+	}
+	return out
+}
+
 // NextBackup is the counter of the bin's next backup code.
 func (o *Offline) NextBackup(bin int) uint64 {
 	o.mu.Lock()
@@ -227,6 +252,17 @@ func (o *Offline) backup(code string) (Decision, error) {
 	if locked {
 		return Decision{Reason: offline.Locked}, nil
 	}
+	d, ok, err := o.matchBackup(code)
+	if ok || err != nil {
+		return d, err
+	}
+	return Decision{Reason: offline.WrongCode}, o.fail("backup", idx)
+}
+
+// matchBackup opens for code if it is the next backup code of a bin (or
+// of all bins), spending it; ok is false when it is none. Called with o.mu
+// held, the limits already checked.
+func (o *Offline) matchBackup(code string) (d Decision, ok bool, err error) {
 	// Only each bin's next counter is live: no look-ahead, and a used
 	// code is one counter behind.
 	bin, found := -1, false
@@ -237,19 +273,19 @@ func (o *Offline) backup(code string) (Decision, error) {
 		}
 	}
 	if !found {
-		return Decision{Reason: offline.WrongCode}, o.fail("backup", idx)
+		return Decision{}, false, nil
 	}
 	counter := o.st.NextBackup[bin]
 	// Spent before it opens: a power cut between here and the bin leaves
 	// the code used, never reusable.
 	o.st.NextBackup[bin] = counter + 1
 	if err := o.save(); err != nil {
-		return Decision{}, err
+		return Decision{}, true, err
 	}
 	now := o.clock()
 	e, err := o.J.Append(boxsync.Entry{BoxTime: now.UTC(), ServerTimeSeen: o.st.LatestServer, Kind: boxsync.KindBackupOpen, Bin: bin, BackupCounter: &counter})
 	if err != nil {
-		return Decision{}, err
+		return Decision{}, true, err
 	}
 	bins := []int{bin}
 	if bin == offline.AllBins {
@@ -258,7 +294,7 @@ func (o *Offline) backup(code string) (Decision, error) {
 			bins = append(bins, b)
 		}
 	}
-	return Decision{Open: true, Bins: bins, Entry: e}, nil
+	return Decision{Open: true, Bins: bins, Entry: e}, true, nil
 }
 
 func (o *Offline) maxBin() int { return o.bins }
