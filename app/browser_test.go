@@ -151,9 +151,12 @@ func (b *browser) mailboxCode(after int) string {
 			n, err = chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("article").length`))
 		}
 		if err == nil && n > after {
+			// The newest sign-in code among the messages that came since:
+			// a security notice may arrive after it.
 			var body string
-			body, err = chromedp.Run(tab, chromedp.Text(chromedp.CSS("article pre")))
-			if m := sixDigits.FindString(body); err == nil && strings.Contains(body, "sign-in code") && m != "" {
+			body, err = chromedp.Run(tab, chromedp.Evaluate[string](fmt.Sprintf(
+				`[...document.querySelectorAll("article pre")].slice(0, %d).map(p => p.textContent).find(t => t.includes("sign-in code")) || ""`, n-after)))
+			if m := sixDigits.FindString(body); err == nil && m != "" {
 				return m
 			}
 		}

@@ -21,7 +21,13 @@ func (d *Dashboard) securityData(c *fiber.Ctx) (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	data := map[string]any{"Me": me}
+	// Everyone sees whether the business uses PINs (the PIN form is only
+	// shown then); admins see and change the policy itself.
+	pol, err := d.Accounts.PolicyOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	data := map[string]any{"Me": me, "PINsUsed": pol.VisitorPickups == "pin", "PickupsBy": pol.VisitorPickups}
 	if p, err := tenants.PrincipalFrom(ctx); err == nil && p.Role.AtLeast(tenants.RoleAdmin) {
 		pol, err := d.Accounts.GetPolicy(ctx)
 		if err != nil {
@@ -101,6 +107,14 @@ func (d *Dashboard) confirmTOTP(c *fiber.Ctx) error {
 		}
 		return map[string]any{"RecoveryCodes": codes}, nil
 	}, "")
+}
+
+// removeTOTP goes back to sign-in codes by SMS (or email), with the
+// current password.
+func (d *Dashboard) removeTOTP(c *fiber.Ctx) error {
+	return d.securityForm(c, "totp_remove", func() (map[string]any, error) {
+		return nil, d.Accounts.DisableTOTP(c.UserContext(), c.FormValue("current_password"))
+	}, "The authenticator app is removed: sign-in codes are sent to you again")
 }
 
 func (d *Dashboard) setPolicy(c *fiber.Ctx) error {
@@ -320,9 +334,10 @@ func (d *Dashboard) messageList(c *fiber.Ctx) error {
 	if err != nil {
 		return d.fail(c, err, "", "", nil)
 	}
-	data := map[string]any{"Messages": rows, "Filter": f, "First": f.After == uuid.Nil}
+	filters := []string{"status", string(f.Status), "channel", string(f.Channel)}
+	data := map[string]any{"Messages": rows, "Filter": f, "First": f.After == uuid.Nil, "Newest": newestLink("/messages", filters...)}
 	if len(rows) == pageSize {
-		data["Next"] = olderLink("/messages", rows[len(rows)-1].ID, "status", string(f.Status), "channel", string(f.Channel))
+		data["Next"] = olderLink("/messages", rows[len(rows)-1].ID, filters...)
 	}
 	return d.render(c, "messages", "Messages", data)
 }
@@ -337,7 +352,7 @@ func (d *Dashboard) auditList(c *fiber.Ctx) error {
 	if err != nil {
 		return d.fail(c, err, "", "", nil)
 	}
-	data := map[string]any{"Events": evs, "Action": c.Query("action"), "First": after == uuid.Nil}
+	data := map[string]any{"Events": evs, "Action": c.Query("action"), "First": after == uuid.Nil, "Newest": newestLink("/audit", "action", c.Query("action"))}
 	if len(evs) == pageSize {
 		data["Next"] = olderLink("/audit", evs[len(evs)-1].ID, "action", c.Query("action"))
 	}
@@ -354,11 +369,23 @@ func cursor(c *fiber.Ctx) uuid.UUID {
 // olderLink is the "Older" link of a list: its filters, and the cursor
 // after the page's last row.
 func olderLink(path string, last uuid.UUID, filters ...string) string {
-	q := url.Values{"cursor": {last.String()}}
+	return listLink(path, url.Values{"cursor": {last.String()}}, filters)
+}
+
+// newestLink is the "Newest" link of a list's older pages: its filters,
+// no cursor.
+func newestLink(path string, filters ...string) string {
+	return listLink(path, url.Values{}, filters)
+}
+
+func listLink(path string, q url.Values, filters []string) string {
 	for i := 0; i+1 < len(filters); i += 2 {
 		if filters[i+1] != "" {
 			q.Set(filters[i], filters[i+1])
 		}
+	}
+	if len(q) == 0 {
+		return path
 	}
 	return path + "?" + q.Encode()
 }

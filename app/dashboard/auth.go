@@ -71,12 +71,12 @@ func (d *Dashboard) signup(c *fiber.Ctx) error {
 }
 
 func (d *Dashboard) forgotPage(c *fiber.Ctx) error {
-	return d.render(c, "forgot", "Forgot your password?", map[string]any{})
+	return d.render(c, "forgot", "Forgot your password?", map[string]any{"Email": c.Query("email")})
 }
 
 func (d *Dashboard) forgot(c *fiber.Ctx) error {
 	if err := d.Accounts.ForgotPassword(c.UserContext(), c.FormValue("email")); err != nil {
-		return d.fail(c, err, "forgot", "Forgot your password?", nil)
+		return d.fail(c, err, "forgot", "Forgot your password?", map[string]any{"Email": c.FormValue("email")})
 	}
 	// The same answer whether the address is known or not.
 	return d.render(c, "forgot", "Forgot your password?", map[string]any{"Sent": true})

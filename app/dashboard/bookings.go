@@ -17,17 +17,22 @@ func (d *Dashboard) bookingList(c *fiber.Ctx) error {
 	if s := c.Query("key_id"); s != "" {
 		f.KeyID, _ = uuid.Parse(s)
 	}
-	if s := c.Query("cursor"); s != "" {
-		f.After, _ = uuid.Parse(s)
+	f.After = cursor(c)
+	// The pages' links keep the filters: Older goes on after this page's
+	// last booking, Newest back to the first page.
+	filters := []string{"status", string(f.Status), "visitor", f.Visitor, "key_id", ""}
+	if f.KeyID != uuid.Nil {
+		filters[5] = f.KeyID.String()
 	}
-	data := map[string]any{"Filter": f, "Statuses": []string{"upcoming", "active", "held", "ended", "revoked"}}
+	data := map[string]any{"Filter": f, "Statuses": []string{"upcoming", "active", "held", "ended", "revoked"},
+		"First": f.After == uuid.Nil, "Newest": newestLink("/bookings", filters...), "Filtered": f.Status != "" || f.Visitor != "" || f.KeyID != uuid.Nil}
 	list, err := d.Bookings.List(c.UserContext(), f)
 	if err != nil {
 		return d.fail(c, err, "bookings", "Bookings", data)
 	}
 	data["Bookings"] = list
 	if len(list) == pageSize {
-		data["Next"] = list[len(list)-1].ID
+		data["Next"] = olderLink("/bookings", list[len(list)-1].ID, filters...)
 	}
 	return d.render(c, "bookings", "Bookings", data)
 }

@@ -177,6 +177,7 @@ func (d *Dashboard) Mount(r fiber.Router, auth, signin fiber.Handler) {
 
 	pub.Get("/keys", page, d.keyList)
 	pub.Post("/keys", page, d.keyCreate)
+	pub.Get("/keys/sheet", page, d.keySheet)
 	pub.Get("/keys/:id/visitors", page, d.keyVisitors)
 	pub.Get("/keys/:id/edit", page, d.keyEdit)
 	pub.Post("/keys/:id/edit", page, d.keyUpdate)
@@ -203,6 +204,7 @@ func (d *Dashboard) Mount(r fiber.Router, auth, signin fiber.Handler) {
 	pub.Post("/security/login-2fa", page, d.setLogin2FA)
 	pub.Post("/security/totp", page, d.startTOTP)
 	pub.Post("/security/totp/confirm", page, d.confirmTOTP)
+	pub.Post("/security/totp/remove", page, d.removeTOTP)
 	pub.Post("/security/key-exchange", page, d.setPolicy)
 	pub.Post("/security/pin", page, d.setPIN)
 	pub.Get("/api-keys", page, d.apiKeyList)

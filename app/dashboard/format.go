@@ -56,6 +56,21 @@ var funcs = template.FuncMap{
 		return fmt.Sprintf("%d minutes", m)
 	},
 	"future": func(t *time.Time) bool { return t != nil && t.After(time.Now()) },
+	// secondsUntil is the whole seconds left until t, rounded up, for a
+	// countdown that app.js runs from the page's load: the server's clock
+	// decides, whatever the browser's says.
+	"secondsUntil": func(t *time.Time) int {
+		if t == nil {
+			return 0
+		}
+		return max(0, int(math.Ceil(time.Until(*t).Seconds())))
+	},
+	"rfc3339": func(t *time.Time) string {
+		if t == nil {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339)
+	},
 	"json": func(v any) string {
 		b, _ := json.Marshal(v)
 		return string(b)

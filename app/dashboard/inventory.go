@@ -1,6 +1,8 @@
 package dashboard
 
 import (
+	"cmp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -435,3 +437,81 @@ func (d *Dashboard) locationDelete(c *fiber.Ctx) error {
 }
 
 func ptr(s string) *string { return &s }
+
+// sheetRow is a line of the key data sheet.
+type sheetRow struct {
+	Name, FobSerial, Box, Location string
+	Bin                            int
+	boxID                          uuid.UUID
+}
+
+// sheetPage is the page size the sheets read their lists with: a sheet
+// lists everything the caller sees, page after page.
+const sheetPage = 500
+
+// everything reads all pages of a list, newest first.
+func everything[T any](list func(after uuid.UUID) ([]T, error), id func(T) uuid.UUID) ([]T, error) {
+	var all []T
+	after := uuid.Nil
+	for {
+		page, err := list(after)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if len(page) < sheetPage {
+			return all, nil
+		}
+		after = id(page[len(page)-1])
+	}
+}
+
+// keySheet is the key data sheet as a page to print (the CSV is
+// GET /api/v1/keys/export): every live key the caller sees, with its fob
+// serial, home box and bin and the box's location, in the export's order
+// (location, box, bin). Fobs are anonymous; with the offline backup codes
+// the sheet lets a business find its keys when everything is down. Print
+// CSS leaves the dashboard's menus off the paper.
+func (d *Dashboard) keySheet(c *fiber.Ctx) error {
+	ctx := c.UserContext()
+	keys, err := everything(func(after uuid.UUID) ([]inventory.Key, error) {
+		return d.Inventory.ListKeys(ctx, inventory.KeyFilter{After: after, Limit: sheetPage})
+	}, func(k inventory.Key) uuid.UUID { return k.ID })
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	boxes, err := everything(func(after uuid.UUID) ([]inventory.Box, error) {
+		return d.Inventory.ListBoxes(ctx, inventory.BoxFilter{After: after, Limit: sheetPage})
+	}, func(b inventory.Box) uuid.UUID { return b.ID })
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	locs, err := everything(func(after uuid.UUID) ([]inventory.Location, error) {
+		return d.Inventory.ListLocations(ctx, after, sheetPage)
+	}, func(l inventory.Location) uuid.UUID { return l.ID })
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	boxByID := make(map[uuid.UUID]inventory.Box, len(boxes))
+	for _, b := range boxes {
+		boxByID[b.ID] = b
+	}
+	locName := make(map[uuid.UUID]string, len(locs))
+	for _, l := range locs {
+		locName[l.ID] = l.Name
+	}
+	rows := make([]sheetRow, 0, len(keys))
+	for _, k := range keys {
+		b := boxByID[k.HomeBoxID]
+		r := sheetRow{Name: k.Name, FobSerial: k.FobSerial, Box: b.Name, Bin: k.HomeBin, boxID: k.HomeBoxID}
+		if b.LocationID != nil {
+			r.Location = locName[*b.LocationID]
+		}
+		rows = append(rows, r)
+	}
+	slices.SortStableFunc(rows, func(a, b sheetRow) int {
+		return cmp.Or(cmp.Compare(a.Location, b.Location), cmp.Compare(a.Box, b.Box),
+			cmp.Compare(a.boxID.String(), b.boxID.String()), cmp.Compare(a.Bin, b.Bin))
+	})
+	return d.render(c, "key_sheet", "Key data sheet", map[string]any{"Rows": rows, "GeneratedAt": d.now()})
+}

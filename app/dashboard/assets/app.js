@@ -1,5 +1,7 @@
-// keyrelay dashboard behaviour: copy buttons and the visitor's "Open at
-// the box" form. Loaded as a file: the pages allow no inline script.
+// keyrelay dashboard behaviour: copy buttons, the Print buttons, the
+// countdown of Resend Access Instructions, the email carried from the
+// sign-in form to "Forgot your password?", and the visitor's "Open at the
+// box" form. Loaded as a file: the pages allow no inline script.
 (function () {
   "use strict";
 
@@ -44,11 +46,74 @@
     });
   });
 
-  // The offline codes sheet's Print button (no inline handlers under the
-  // page's CSP).
+  // The Print buttons of the offline codes sheet and the key data sheet
+  // (no inline handlers under the page's CSP).
   document.addEventListener("click", function (ev) {
     if (ev.target.closest("[data-print]")) window.print();
   });
+
+  // Resend Access Instructions is disabled for an hour after the
+  // instructions went out. The server renders the button with the seconds
+  // left (data-resend-in, computed on its clock; data-resend-at is the same
+  // moment in UTC): this counts them down from the page's load on the
+  // browser's monotonic clock, so a wrong clock in the browser changes
+  // nothing, and enables the button when they are over, without a reload.
+  // The server still refuses a resend that comes too early (429).
+  function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+
+  function timeLeft(s) {
+    var m = Math.floor(s / 60), r = s % 60;
+    if (m === 0) return plural(r, "second");
+    return plural(m, "minute") + (r ? " " + plural(r, "second") : "");
+  }
+
+  function countdown(btn) {
+    var secs = parseInt(btn.getAttribute("data-resend-in"), 10);
+    var left = document.getElementById("resend-left");
+    var why = document.getElementById("resend-why");
+    var status = document.getElementById("resend-status");
+    if (isNaN(secs) || !left) return;
+    var clock = window.performance && performance.now ? function () { return performance.now(); } : Date.now;
+    var end = clock() + secs * 1000;
+    var announcedMinute = false;
+    var timer;
+    function tick() {
+      var s = Math.max(0, Math.ceil((end - clock()) / 1000));
+      if (s > 0) {
+        left.textContent = timeLeft(s);
+        btn.setAttribute("data-resend-left", String(s));
+        if (s <= 60 && !announcedMinute && status) {
+          announcedMinute = true;
+          status.textContent = "You can resend the access instructions in less than a minute.";
+        }
+        return;
+      }
+      window.clearInterval(timer);
+      btn.disabled = false;
+      btn.removeAttribute("data-resend-left");
+      if (why) why.textContent = "The hour has passed: you can resend the access instructions now.";
+      if (status) status.textContent = "Resend Access Instructions is available now.";
+    }
+    timer = window.setInterval(tick, 1000);
+    tick();
+  }
+
+  var resend = document.querySelector("button[data-resend-in][disabled]");
+  if (resend) countdown(resend);
+
+  // "Forgot your password?" takes the email typed on the sign-in form
+  // along, so that the reset form is filled in already.
+  var forgot = document.querySelector("a[data-carry-email]");
+  var typed = forgot && document.querySelector(forgot.getAttribute("data-carry-email"));
+  if (typed) {
+    var carry = function () {
+      var v = typed.value.trim();
+      forgot.setAttribute("href", "/forgot-password" + (v ? "?email=" + encodeURIComponent(v) : ""));
+    };
+    typed.addEventListener("input", carry);
+    typed.addEventListener("change", carry);
+    carry();
+  }
 
   var reasons = {
     wrong_screen_code: "That is not the code on the box's screen, or it has changed. Type the code the screen shows now.",
