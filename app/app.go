@@ -52,6 +52,9 @@ type App struct {
 	db    *gorm.DB              // application role
 	redis redis.UniversalClient // one node, Sentinel or Cluster: see redis.go
 	http  *fiber.App
+	// replica reads the booking list and the bundles' data on a streaming
+	// replica (KEYRELAY_DATABASE_REPLICA_URL); nil without one.
+	replica *replicaReader
 
 	scope     *tenants.Scope
 	box       *secretbox.Box
@@ -159,13 +162,8 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	a.tracer, a.traceShutdown = tp.Tracer("github.com/keyrelay/keyrelay"), shutdown
-	a.db, err = gorm.Open(postgres.Open(cfg.AppDatabaseURL), &gorm.Config{
-		Logger:                 logger.Discard,
-		SkipDefaultTransaction: true, // every write already runs in the request's transaction
-		PrepareStmt:            false,
-	})
-	if err != nil {
-		return nil, pgUnreachable(cfg.AppDatabaseURL, err)
+	if a.db, err = openPool(ctx, cfg.AppDatabaseURL, cfg.DB); err != nil {
+		return nil, err
 	}
 	sqlDB, err := a.db.DB()
 	if err != nil {
@@ -177,18 +175,8 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 			return nil, err
 		}
 	}
-	sqlDB.SetMaxOpenConns(20)
-	sqlDB.SetMaxIdleConns(20)
-	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
 	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := sqlDB.PingContext(pingCtx); err != nil {
-		sqlDB.Close()
-		if isConnError(err) {
-			return nil, pgUnreachable(cfg.AppDatabaseURL, err)
-		}
-		return nil, fmt.Errorf("PostgreSQL refused the application role: %w (run `go run ./app migrate` to create it)", err)
-	}
 
 	rt, err := parseRedisURL(cfg.RedisURL)
 	if err != nil {
@@ -201,6 +189,14 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		return nil, redisUnreachable(rt.where(), err)
 	}
 
+	// The read replica is optional and never stops a start: a replica down
+	// now is read around (replica.go) until it answers.
+	if cfg.DatabaseReplicaURL != "" {
+		if a.replica, err = newReplicaReader(ctx, cfg, a.tracer, log.With("component", "replica"), a.metrics); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
 	a.scope = tenants.NewScope(a.db)
 	if a.box, err = secretbox.New(cfg.SecretKey); err != nil {
 		a.Close()
@@ -220,7 +216,7 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, err
 	}
-	if a.bookings, err = bookings.NewService(bookings.Deps{Keys: a.box, Messages: a.outbox, Locks: a.guard}, bookings.DefaultConfig(cfg.BaseURL)); err != nil {
+	if a.bookings, err = bookings.NewService(bookings.Deps{Keys: a.box, Messages: a.outbox, Locks: a.guard, Replica: a.replica.orNil()}, bookings.DefaultConfig(cfg.BaseURL)); err != nil {
 		a.Close()
 		return nil, err
 	}
@@ -342,6 +338,39 @@ func (a *App) Close() {
 			sqlDB.Close()
 		}
 	}
+	a.replica.close()
+}
+
+// openPool opens a pool as the application role on rawURL, sized by pool,
+// and checks that it answers.
+func openPool(ctx context.Context, rawURL string, pool DBPool) (*gorm.DB, error) {
+	db, err := gorm.Open(postgres.Open(rawURL), &gorm.Config{
+		Logger:                 logger.Discard,
+		SkipDefaultTransaction: true, // every write already runs in the request's transaction
+		PrepareStmt:            false,
+	})
+	if err != nil {
+		return nil, pgUnreachable(rawURL, err)
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		return nil, err
+	}
+	pool = pool.orDefault()
+	sqlDB.SetMaxOpenConns(pool.MaxConns)
+	sqlDB.SetMaxIdleConns(pool.MaxIdleConns)
+	sqlDB.SetConnMaxIdleTime(pool.ConnMaxIdleTime)
+	sqlDB.SetConnMaxLifetime(pool.ConnMaxLifetime)
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := sqlDB.PingContext(pingCtx); err != nil {
+		sqlDB.Close()
+		if isConnError(err) {
+			return nil, pgUnreachable(rawURL, err)
+		}
+		return nil, fmt.Errorf("PostgreSQL refused the application role: %w (run `go run ./app migrate` to create it)", err)
+	}
+	return db, nil
 }
 
 // newReleases builds firmware releases and rollouts: artifacts in the
@@ -375,5 +404,5 @@ func newBundles(a *App, cfg Config) (*bundles.Service, error) {
 	}
 	bcfg := bundles.DefaultConfig()
 	bcfg.Horizon = cfg.BundleHorizon
-	return bundles.New(bundles.Deps{Secrets: a.devices, Signer: kr, Codes: a.box, Policies: a.accounts, Commands: a.commands, Tags: a.offline, Observer: a.metrics}, bcfg)
+	return bundles.New(bundles.Deps{Secrets: a.devices, Signer: kr, Codes: a.box, Policies: a.accounts, Commands: a.commands, Tags: a.offline, Observer: a.metrics, Replica: a.replica.orNil()}, bcfg)
 }

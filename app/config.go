@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
@@ -29,6 +30,19 @@ type Config struct {
 	OperatorToken  string
 	PluginsDir     string
 	StateDir       string // development secrets live here (git-ignored)
+
+	// DatabaseReplicaURL, when set, is a streaming replica of the
+	// application's database, reached as the application role
+	// (KEYRELAY_DATABASE_REPLICA_URL). The booking list and the bundle build
+	// read from it (replica.go); everything else uses AppDatabaseURL.
+	DatabaseReplicaURL string
+	// ReplicaMaxWait is how long a read waits for the replica to replay
+	// the primary's latest writes before it reads from the primary instead
+	// (KEYRELAY_DATABASE_REPLICA_MAX_WAIT, default 500ms).
+	ReplicaMaxWait time.Duration
+	// DB is the size of each PostgreSQL pool of this process (the primary's
+	// and, when set, the replica's): see deploy/README.md, "Connection budget".
+	DB DBPool
 
 	SessionTTL      time.Duration
 	SessionIdle     time.Duration
@@ -96,6 +110,36 @@ type Config struct {
 	TraceSampleRatio float64
 	// traceExporter replaces the OTLP exporter (tests: an in-memory one).
 	traceExporter sdktrace.SpanExporter
+}
+
+// DBPool sizes one process's pool of connections to PostgreSQL.
+type DBPool struct {
+	// MaxConns bounds open connections (KEYRELAY_DB_MAX_CONNS, default 20).
+	// Requests, in-process deliveries and sweeps that find the pool full
+	// wait for a connection.
+	MaxConns int
+	// MaxIdleConns is how many connections stay open unused
+	// (KEYRELAY_DB_MAX_IDLE_CONNS, default MaxConns, at most MaxConns).
+	MaxIdleConns int
+	// ConnMaxIdleTime closes a connection unused this long
+	// (KEYRELAY_DB_CONN_MAX_IDLE_TIME, default 5m; 0: never).
+	ConnMaxIdleTime time.Duration
+	// ConnMaxLifetime replaces a connection this old, so that a pool
+	// spreads again over PgBouncer instances or follows a moved DNS name
+	// after a failover (KEYRELAY_DB_CONN_MAX_LIFETIME, default 30m; 0: never).
+	ConnMaxLifetime time.Duration
+}
+
+// defaultDBPool is the pool of a process whose environment says nothing.
+var defaultDBPool = DBPool{MaxConns: 20, MaxIdleConns: 20, ConnMaxIdleTime: 5 * time.Minute, ConnMaxLifetime: 30 * time.Minute}
+
+// orDefault is p, or the default pool for a zero DBPool (a Config built
+// without LoadConfig).
+func (p DBPool) orDefault() DBPool {
+	if p.MaxConns <= 0 {
+		return defaultDBPool
+	}
+	return p
 }
 
 // tracing reports whether spans are recorded (an OTLP endpoint, or a test's
@@ -195,6 +239,16 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if c.WorkerConcurrency, err = strconv.Atoi(get("KEYRELAY_WORKER_CONCURRENCY", "20")); err != nil || c.WorkerConcurrency < 1 {
 		problems = append(problems, "KEYRELAY_WORKER_CONCURRENCY: must be a positive number")
 	}
+	c.DB, problems = loadDBPool(get, problems)
+	c.DatabaseReplicaURL = getenv("KEYRELAY_DATABASE_REPLICA_URL")
+	if c.DatabaseReplicaURL != "" {
+		if _, err := pgx.ParseConfig(c.DatabaseReplicaURL); err != nil {
+			problems = append(problems, "KEYRELAY_DATABASE_REPLICA_URL: must be a PostgreSQL URL such as postgres://keyrelay_app@replica:5432/keyrelay")
+		}
+	}
+	if c.ReplicaMaxWait, err = time.ParseDuration(get("KEYRELAY_DATABASE_REPLICA_MAX_WAIT", "500ms")); err != nil || c.ReplicaMaxWait < 0 || c.ReplicaMaxWait > time.Minute {
+		problems = append(problems, "KEYRELAY_DATABASE_REPLICA_MAX_WAIT: must be a duration from 0 to 1m, such as 500ms")
+	}
 	c.AppDatabaseURL = get("KEYRELAY_APP_DATABASE_URL", "")
 	if c.AppDatabaseURL == "" {
 		c.AppDatabaseURL, err = withUser(c.DatabaseURL, "keyrelay_app")
@@ -264,6 +318,45 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		return c, errors.New("configuration: " + strings.Join(problems, "; "))
 	}
 	return c, nil
+}
+
+// maxDBConns bounds KEYRELAY_DB_MAX_CONNS: far above what one process can
+// use, low enough that a typo (20000 for 20) is caught before PostgreSQL
+// refuses connections.
+const maxDBConns = 1000
+
+// loadDBPool reads the KEYRELAY_DB_* pool settings.
+func loadDBPool(get func(name, def string) string, problems []string) (DBPool, []string) {
+	p := defaultDBPool
+	n, err := strconv.Atoi(get("KEYRELAY_DB_MAX_CONNS", strconv.Itoa(p.MaxConns)))
+	if err != nil || n < 1 || n > maxDBConns {
+		problems = append(problems, fmt.Sprintf("KEYRELAY_DB_MAX_CONNS: must be a number from 1 to %d (connections per process and pool)", maxDBConns))
+		n = p.MaxConns
+	}
+	p.MaxConns = n
+	if n, err = strconv.Atoi(get("KEYRELAY_DB_MAX_IDLE_CONNS", strconv.Itoa(p.MaxConns))); err != nil || n < 0 || n > p.MaxConns {
+		problems = append(problems, fmt.Sprintf("KEYRELAY_DB_MAX_IDLE_CONNS: must be a number from 0 to KEYRELAY_DB_MAX_CONNS (%d)", p.MaxConns))
+	}
+	p.MaxIdleConns = n
+	if p.ConnMaxIdleTime, err = durationOrZero(get("KEYRELAY_DB_CONN_MAX_IDLE_TIME", "5m")); err != nil {
+		problems = append(problems, "KEYRELAY_DB_CONN_MAX_IDLE_TIME: "+err.Error())
+	}
+	if p.ConnMaxLifetime, err = durationOrZero(get("KEYRELAY_DB_CONN_MAX_LIFETIME", "30m")); err != nil {
+		problems = append(problems, "KEYRELAY_DB_CONN_MAX_LIFETIME: "+err.Error())
+	}
+	return p, problems
+}
+
+// durationOrZero is a positive duration, or 0 for never.
+func durationOrZero(s string) (time.Duration, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < time.Second {
+		return 0, fmt.Errorf("must be a duration of at least 1s such as 30m, or 0 for never")
+	}
+	return d, nil
 }
 
 func duration(s string) (time.Duration, error) {

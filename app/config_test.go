@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -175,5 +176,85 @@ func TestDemoTenant(t *testing.T) {
 	}
 	if bs := c.expect(t, 200, "GET", "/api/v1/bookings?status=active", nil).JSON(t)["items"].([]any); len(bs) != 1 {
 		t.Errorf("demo bookings: %v", bs)
+	}
+}
+
+// TestConfigDBPool reads the pool sizes and the replica settings, and
+// refuses values that would leave a process without connections or with
+// more than PostgreSQL could give.
+func TestConfigDBPool(t *testing.T) {
+	load := func(t *testing.T, env map[string]string) (Config, error) {
+		t.Helper()
+		env["KEYRELAY_STATE_DIR"] = t.TempDir()
+		return LoadConfig(envOf(env))
+	}
+	t.Run("Defaults", func(t *testing.T) {
+		cfg, err := load(t, map[string]string{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := DBPool{MaxConns: 20, MaxIdleConns: 20, ConnMaxIdleTime: 5 * time.Minute, ConnMaxLifetime: 30 * time.Minute}
+		if cfg.DB != want {
+			t.Fatalf("pool %+v, want %+v", cfg.DB, want)
+		}
+		if cfg.DatabaseReplicaURL != "" || cfg.ReplicaMaxWait != 500*time.Millisecond {
+			t.Fatalf("replica %q wait %v, want none and 500ms", cfg.DatabaseReplicaURL, cfg.ReplicaMaxWait)
+		}
+		// A Config made without LoadConfig gets the same pool.
+		if (DBPool{}).orDefault() != want {
+			t.Fatalf("zero pool: %+v", (DBPool{}).orDefault())
+		}
+	})
+	t.Run("OK", func(t *testing.T) {
+		cfg, err := load(t, map[string]string{
+			"KEYRELAY_DB_MAX_CONNS":              "8",
+			"KEYRELAY_DB_MAX_IDLE_CONNS":         "2",
+			"KEYRELAY_DB_CONN_MAX_IDLE_TIME":     "90s",
+			"KEYRELAY_DB_CONN_MAX_LIFETIME":      "0",
+			"KEYRELAY_DATABASE_REPLICA_URL":      "postgres://keyrelay_app@replica.internal:5432/keyrelay?sslmode=require",
+			"KEYRELAY_DATABASE_REPLICA_MAX_WAIT": "0",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := DBPool{MaxConns: 8, MaxIdleConns: 2, ConnMaxIdleTime: 90 * time.Second, ConnMaxLifetime: 0}
+		if cfg.DB != want || cfg.DB.orDefault() != want {
+			t.Fatalf("pool %+v, want %+v", cfg.DB, want)
+		}
+		if cfg.DatabaseReplicaURL == "" || cfg.ReplicaMaxWait != 0 {
+			t.Fatalf("replica %q wait %v", cfg.DatabaseReplicaURL, cfg.ReplicaMaxWait)
+		}
+	})
+	t.Run("IdleFollowsMax", func(t *testing.T) {
+		cfg, err := load(t, map[string]string{"KEYRELAY_DB_MAX_CONNS": "5"})
+		if err != nil || cfg.DB.MaxConns != 5 || cfg.DB.MaxIdleConns != 5 {
+			t.Fatalf("pool %+v, %v: want 5 open, 5 idle", cfg.DB, err)
+		}
+	})
+	for _, tc := range []struct {
+		name, key, value string
+	}{
+		{"ErrMaxConnsZero", "KEYRELAY_DB_MAX_CONNS", "0"},
+		{"ErrMaxConnsNegative", "KEYRELAY_DB_MAX_CONNS", "-3"},
+		{"ErrMaxConnsTooMany", "KEYRELAY_DB_MAX_CONNS", "20000"},
+		{"ErrMaxConnsNotNumber", "KEYRELAY_DB_MAX_CONNS", "twenty"},
+		{"ErrIdleAboveMax", "KEYRELAY_DB_MAX_IDLE_CONNS", "21"},
+		{"ErrIdleNegative", "KEYRELAY_DB_MAX_IDLE_CONNS", "-1"},
+		{"ErrIdleTime", "KEYRELAY_DB_CONN_MAX_IDLE_TIME", "5"},
+		{"ErrIdleTimeTooShort", "KEYRELAY_DB_CONN_MAX_IDLE_TIME", "10ms"},
+		{"ErrLifetime", "KEYRELAY_DB_CONN_MAX_LIFETIME", "-1m"},
+		{"ErrReplicaURL", "KEYRELAY_DATABASE_REPLICA_URL", "postgres://replica:notaport/keyrelay"},
+		{"ErrReplicaWait", "KEYRELAY_DATABASE_REPLICA_MAX_WAIT", "soon"},
+		{"ErrReplicaWaitTooLong", "KEYRELAY_DATABASE_REPLICA_MAX_WAIT", "2m"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(t, map[string]string{tc.key: tc.value})
+			if err == nil || !strings.Contains(err.Error(), tc.key+":") {
+				t.Fatalf("%s=%s: err = %v, want one naming %s", tc.key, tc.value, err, tc.key)
+			}
+			if strings.Contains(err.Error(), "replica.internal") {
+				t.Fatalf("the error repeats the URL: %v", err)
+			}
+		})
 	}
 }

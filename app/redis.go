@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strconv"
@@ -24,11 +25,15 @@ import (
 //
 // For Sentinel the hosts are the sentinels (port 26379 when left out) and
 // the credentials are the data nodes'; the sentinels' own, when they ask
-// for one, go in sentinel_username / sentinel_password. wait_replicas
-// (default 1 under Sentinel, 0 turns it off) and wait_timeout (500ms) make
-// every enqueue wait until that many replicas hold it: see queueClient. For Cluster the
+// for one, go in sentinel_username / sentinel_password. For Cluster the
 // hosts are seed nodes (port 6379 when left out); the client learns the
 // rest of the cluster from them, and a cluster has only database 0.
+//
+// wait_replicas and wait_timeout (500ms) make every enqueue wait until
+// that many replicas of the node that took it hold it: see queueClient.
+// Under Sentinel wait_replicas is 1 unless set (0 turns it off); on a
+// Cluster it is 0 unless set, since a cluster may have no replicas at all:
+// a cluster with a replica per master wants wait_replicas=1.
 //
 // Every consumer (the guard, the limiters, idempotency, the box-command
 // hub, the outbox wake-up, box nonces, health) shares the one
@@ -50,7 +55,7 @@ type redisTarget struct {
 	readTimeout      time.Duration
 	writeTimeout     time.Duration
 	poolSize         int
-	waitReplicas     int           // Sentinel: replicas that must hold an enqueued task
+	waitReplicas     int           // replicas that must hold an enqueued task (Sentinel, Cluster)
 	waitTimeout      time.Duration // …within this long, or the enqueue fails
 }
 
@@ -203,16 +208,10 @@ func parseMultiHost(mode redisMode, useTLS bool, rest string) (redisTarget, erro
 				t.writeTimeout = d
 			}
 		case "wait_replicas":
-			if mode != redisSentinel {
-				return redisTarget{}, badRedisURL("wait_replicas is for Sentinel URLs")
-			}
 			if t.waitReplicas, err = strconv.Atoi(v); err != nil || t.waitReplicas < 0 {
 				return redisTarget{}, badRedisURL("wait_replicas %q: want 0 or more", v)
 			}
 		case "wait_timeout":
-			if mode != redisSentinel {
-				return redisTarget{}, badRedisURL("wait_timeout is for Sentinel URLs")
-			}
 			if t.waitTimeout, err = time.ParseDuration(v); err != nil || t.waitTimeout < time.Millisecond {
 				return redisTarget{}, badRedisURL("wait_timeout %q: want a duration such as 500ms", v)
 			}
@@ -291,22 +290,38 @@ func (t redisTarget) queueOpt() asynq.RedisConnOpt {
 // queueClient is the asynq client that enqueues tasks (the outbox relay,
 // delivery retries, bundle rebuilds).
 //
-// Under Sentinel, with wait_replicas > 0, it enqueues through the shared
-// client and follows each enqueue script with WAIT on the same connection:
-// the enqueue succeeds only once that many replicas hold the task. Without
-// it a failover loses tasks: Redis replicates asynchronously, and between a
-// replica's promotion and the clients' switch the old master still accepts
-// enqueues that its demotion then discards — the relay has already marked
-// those rows relayed, so their messages would never go out
+// With wait_replicas > 0 it enqueues through the shared client and follows
+// each enqueue script with WAIT on the same connection: the enqueue
+// succeeds only once that many replicas of the node that ran it hold the
+// task. Without it a failover loses tasks: Redis replicates
+// asynchronously, and between a replica's promotion and the clients'
+// switch the old master still accepts enqueues that its demotion then
+// discards, or dies with writes its replica never got — the relay has
+// already marked those rows relayed, so their messages would never go out
 // (TestRedisSentinelFailover lost a batch in about one run in three before
 // this). A failed WAIT fails the enqueue; the row stays pending and the
 // next pass enqueues it on the new master (the task id, or the message's
 // claim, keeps it from going out twice). The price: with fewer replicas
-// up than wait_replicas, nothing is enqueued — messages wait in the
-// outbox, visibly (outbox lag), rather than vanish.
+// up than wait_replicas, nothing is confirmed — messages wait in the
+// outbox, visibly (outbox lag), rather than vanish. WAIT is best effort
+// (redis.io/commands/wait: Sentinel and Cluster promote the replica with
+// the most data, which is one that acknowledged), not consensus.
+//
+// Under Sentinel the shared client is one connection pool to the master
+// (replicatedScripts). On a Cluster each script runs on the master of its
+// first key's slot — asynq's keys share one hash tag per queue — on one
+// connection taken from that master's pool (ClusterClient.MasterForKey),
+// and WAIT follows there (clusterReplicatedScripts).
 func (t redisTarget) queueClient(shared redis.UniversalClient) *asynq.Client {
-	if c, ok := shared.(*redis.Client); ok && t.mode == redisSentinel && t.waitReplicas > 0 {
-		return asynq.NewClientFromRedisClient(replicatedScripts{Client: c, replicas: t.waitReplicas, timeout: t.waitTimeout})
+	if t.waitReplicas > 0 {
+		switch c := shared.(type) {
+		case *redis.Client:
+			if t.mode == redisSentinel {
+				return asynq.NewClientFromRedisClient(replicatedScripts{Client: c, replicas: t.waitReplicas, timeout: t.waitTimeout})
+			}
+		case *redis.ClusterClient:
+			return asynq.NewClientFromRedisClient(clusterReplicatedScripts{ClusterClient: c, replicas: t.waitReplicas, timeout: t.waitTimeout})
+		}
 	}
 	return asynq.NewClient(t.queueOpt())
 }
@@ -326,27 +341,98 @@ type replicatedScripts struct {
 func (r replicatedScripts) EvalSha(ctx context.Context, sha string, keys []string, args ...any) *redis.Cmd {
 	cn := r.Client.Conn()
 	defer cn.Close()
-	return r.wait(ctx, cn, cn.EvalSha(ctx, sha, keys, args...))
+	return waitReplicas(ctx, cn, cn.EvalSha(ctx, sha, keys, args...), r.replicas, r.timeout)
 }
 
 func (r replicatedScripts) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
 	cn := r.Client.Conn()
 	defer cn.Close()
-	return r.wait(ctx, cn, cn.Eval(ctx, script, keys, args...))
+	return waitReplicas(ctx, cn, cn.Eval(ctx, script, keys, args...), r.replicas, r.timeout)
 }
 
-func (r replicatedScripts) wait(ctx context.Context, cn *redis.Conn, cmd *redis.Cmd) *redis.Cmd {
+// waitReplicas WAITs on cn, after cmd ran there, until replicas replicas
+// hold its writes, and fails cmd if fewer do within timeout.
+func waitReplicas(ctx context.Context, cn *redis.Conn, cmd *redis.Cmd, replicas int, timeout time.Duration) *redis.Cmd {
 	if cmd.Err() != nil {
 		return cmd // NOSCRIPT included: Script.Run retries with Eval, which waits
 	}
-	n, err := cn.Wait(ctx, r.replicas, r.timeout).Result()
-	if err == nil && n < int64(r.replicas) {
-		err = fmt.Errorf("%w: %d of %d within %v", errNotReplicated, n, r.replicas, r.timeout)
+	n, err := cn.Wait(ctx, replicas, timeout).Result()
+	if err == nil && n < int64(replicas) {
+		err = fmt.Errorf("%w: %d of %d within %v", errNotReplicated, n, replicas, timeout)
 	}
 	if err != nil {
 		cmd.SetErr(err)
 	}
 	return cmd
+}
+
+// clusterReplicatedScripts is replicatedScripts on a Redis Cluster: the
+// script runs on the master that owns its first key's slot, through a
+// connection of that node's own pool, and WAIT follows on that
+// connection. The cluster client's redirect handling is bypassed, so a
+// script that meets a moved slot (a failover, a resharding) or a node
+// that is gone makes the client reload the slot map and tries again, a
+// few times, before the enqueue fails (and the relay's next pass retries).
+type clusterReplicatedScripts struct {
+	*redis.ClusterClient
+	replicas int
+	timeout  time.Duration
+}
+
+func (r clusterReplicatedScripts) EvalSha(ctx context.Context, sha string, keys []string, args ...any) *redis.Cmd {
+	return r.onMaster(ctx, keys, func(cn *redis.Conn) *redis.Cmd { return cn.EvalSha(ctx, sha, keys, args...) })
+}
+
+func (r clusterReplicatedScripts) Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd {
+	return r.onMaster(ctx, keys, func(cn *redis.Conn) *redis.Cmd { return cn.Eval(ctx, script, keys, args...) })
+}
+
+// clusterAttempts bounds the tries of one script across slot-map reloads.
+const clusterAttempts = 3
+
+func (r clusterReplicatedScripts) onMaster(ctx context.Context, keys []string, eval func(cn *redis.Conn) *redis.Cmd) *redis.Cmd {
+	if len(keys) == 0 {
+		cmd := redis.NewCmd(ctx)
+		cmd.SetErr(errors.New("redis: a script without keys has no slot, so no master to wait on"))
+		return cmd
+	}
+	for attempt := 1; ; attempt++ {
+		master, err := r.MasterForKey(ctx, keys[0])
+		if err != nil {
+			cmd := redis.NewCmd(ctx)
+			cmd.SetErr(err)
+			return cmd
+		}
+		cn := master.Conn()
+		cmd := eval(cn)
+		if err := cmd.Err(); err != nil && attempt < clusterAttempts && slotElsewhere(err) {
+			cn.Close()
+			r.ReloadState(ctx) // lazy: the next MasterForKey sees the new map once it is read
+			select {
+			case <-ctx.Done():
+				return cmd
+			case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+			}
+			continue
+		}
+		cmd = waitReplicas(ctx, cn, cmd, r.replicas, r.timeout)
+		cn.Close()
+		return cmd
+	}
+}
+
+// slotElsewhere tells an error after which the slot map may be stale: the
+// slot moved, the cluster is failing over, or the node is gone.
+func slotElsewhere(err error) bool {
+	if _, ok := redis.IsMovedError(err); ok {
+		return true
+	}
+	if _, ok := redis.IsAskError(err); ok {
+		return true
+	}
+	var op *net.OpError
+	return redis.IsClusterDownError(err) || redis.IsTryAgainError(err) || redis.IsReadOnlyError(err) || redis.IsLoadingError(err) ||
+		errors.As(err, &op) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // where says which deployment, without credentials, for error messages.

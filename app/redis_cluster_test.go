@@ -12,10 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keyrelay/keyrelay/firmware/commands"
@@ -111,16 +113,31 @@ func serverArgs(port int, extra ...string) []string {
 // returns their addresses once every slot is served.
 func startCluster(t *testing.T) []string {
 	t.Helper()
+	nodes := startClusterNodes(t, 0)
+	addrs := make([]string, len(nodes))
+	for i, n := range nodes {
+		addrs[i] = n.addr
+	}
+	return addrs
+}
+
+// startClusterNodes starts a Redis Cluster of three masters with replicas
+// replicas each on loopback and returns its nodes once every slot is served
+// and every replica is in sync with its master.
+func startClusterNodes(t *testing.T, replicas int) []*redisProc {
+	t.Helper()
 	dir := t.TempDir()
+	var nodes []*redisProc
 	var addrs []string
-	for range 3 {
+	for range 3 * (1 + replicas) {
 		port := freePort(t)
 		// The bus port is chosen too: port+10000, the default, may be taken.
 		p := startRedis(t, "redis-server", dir, port, serverArgs(port, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(freePort(t)),
 			"--cluster-config-file", fmt.Sprintf("nodes-%d.conf", port), "--cluster-node-timeout", "2000")...)
+		nodes = append(nodes, p)
 		addrs = append(addrs, p.addr)
 	}
-	create := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...)
+	create := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")...)
 	if out, err := create.CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
@@ -128,11 +145,15 @@ func startCluster(t *testing.T) []string {
 		c := redis.NewClient(&redis.Options{Addr: a})
 		waitFor(t, "cluster_state:ok on "+a, 20*time.Second, func() bool {
 			info, err := c.ClusterInfo(context.Background()).Result()
-			return err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:3")
+			return err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, fmt.Sprintf("cluster_known_nodes:%d", len(addrs)))
+		})
+		waitFor(t, "replication in sync on "+a, 20*time.Second, func() bool {
+			info, err := c.Info(context.Background(), "replication").Result()
+			return err == nil && (strings.Contains(info, "role:master") || strings.Contains(info, "master_link_status:up"))
 		})
 		c.Close()
 	}
-	return addrs
+	return nodes
 }
 
 // TestRedisCluster runs keyrelay on a real three-master Redis Cluster:
@@ -268,6 +289,178 @@ func TestRedisCluster(t *testing.T) {
 	})
 
 	for _, bad := range []string{"CROSSSLOT", "non local key", "MOVED", "CLUSTERDOWN"} {
+		if strings.Contains(logs.String(), bad) {
+			t.Errorf("the logs report %s:\n%s", bad, lastLines([]byte(logs.String()), 20))
+		}
+	}
+}
+
+// clusterNode is one node as CLUSTER NODES lists it.
+type clusterNode struct {
+	id, addr, master string // master: the id of a replica's master
+	replica          bool
+}
+
+// clusterNodes reads the cluster's nodes from the node at addr.
+func clusterNodes(t *testing.T, addr string) []clusterNode {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	out, err := c.ClusterNodes(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []clusterNode
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		nodes = append(nodes, clusterNode{id: f[0], addr: addr, master: f[3], replica: strings.Contains(f[2], "slave")})
+	}
+	return nodes
+}
+
+// slotNodes returns the master that owns key's slot and its replica.
+func slotNodes(t *testing.T, seed, key string) (master, replica string) {
+	t.Helper()
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{seed}})
+	defer cc.Close()
+	m, err := cc.MasterForKey(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master = m.Options().Addr
+	nodes := clusterNodes(t, master)
+	var id string
+	for _, n := range nodes {
+		if n.addr == master {
+			id = n.id
+		}
+	}
+	for _, n := range nodes {
+		if n.replica && n.master == id {
+			return master, n.addr
+		}
+	}
+	t.Fatalf("master %s of %s has no replica: %+v", master, key, nodes)
+	return "", ""
+}
+
+// onReplica reports whether the replica at addr holds key (READONLY: a
+// cluster replica serves reads of its master's slots only when asked).
+func onReplica(t *testing.T, addr, key string) bool {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, OnConnect: func(ctx context.Context, cn *redis.Conn) error {
+		return cn.ReadOnly(ctx).Err()
+	}})
+	defer c.Close()
+	n, err := c.Exists(context.Background(), key).Result()
+	if err != nil {
+		t.Fatalf("EXISTS %s on %s: %v", key, addr, err)
+	}
+	return n == 1
+}
+
+// TestRedisClusterReplicas runs keyrelay on a real Redis Cluster of three
+// masters with a replica each and wait_replicas=1: an enqueue returns only
+// once the replica of the master owning the queue's slot holds the task
+// (it is there the moment the enqueue returns, and an enqueue whose
+// replica is stalled fails instead of being confirmed), and killing the
+// master of the delivery queue mid-delivery loses no message and sends
+// none twice, while the cluster promotes its replica.
+func TestRedisClusterReplicas(t *testing.T) {
+	needBinaries(t, "redis-server", "redis-cli")
+	nodes := startClusterNodes(t, 1)
+	procs := map[string]*redisProc{}
+	var seeds []string
+	for _, n := range nodes {
+		procs[n.addr] = n
+		seeds = append(seeds, n.addr)
+	}
+	const waitTimeout = 300 * time.Millisecond
+	var logs syncBuffer
+	s := startServerLogging(t, &logs, withWorkers, func(c *Config) {
+		c.RedisURL = "redis-cluster://" + strings.Join(seeds, ",") + "?wait_replicas=1&wait_timeout=" + waitTimeout.String()
+	})
+	f := s.signup(t)
+	ctx := context.Background()
+	// Queues no worker takes, so their tasks stay where they were written.
+	enqueue := func(queue string) (*asynq.TaskInfo, error) {
+		return s.app.queue.EnqueueContext(ctx, asynq.NewTask("test:replicated", []byte("x")), asynq.Queue(queue))
+	}
+
+	t.Run("TaskOnTheSlotsReplicaWhenEnqueued", func(t *testing.T) {
+		masters := map[string]bool{}
+		for i := range 8 {
+			queue := fmt.Sprintf("waitcheck%d", i)
+			info, err := enqueue(queue)
+			if err != nil {
+				t.Fatalf("enqueue on %s: %v", queue, err)
+			}
+			key := "asynq:{" + queue + "}:t:" + info.ID
+			master, replica := slotNodes(t, seeds[0], key)
+			masters[master] = true
+			if !onReplica(t, replica, key) {
+				t.Fatalf("task %s: the enqueue returned before %s, the replica of %s, held it", key, replica, master)
+			}
+		}
+		if len(masters) < 2 {
+			t.Fatalf("the queues all landed on %v; pick names that spread", masters)
+		}
+	})
+
+	t.Run("StalledReplicaFailsTheEnqueue", func(t *testing.T) {
+		const queue = "waitstall"
+		_, replica := slotNodes(t, seeds[0], "asynq:{"+queue+"}:pending")
+		p := procs[replica]
+		// Stopped for less than the cluster's node timeout (2 s), so that
+		// no one fails it over meanwhile.
+		if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		began := time.Now()
+		_, err := enqueue(queue)
+		took := time.Since(began)
+		if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		if err == nil || !strings.Contains(err.Error(), errNotReplicated.Error()) {
+			t.Fatalf("an enqueue whose replica is stopped: %v, want %q", err, errNotReplicated)
+		}
+		if took < waitTimeout {
+			t.Fatalf("the enqueue failed after %v, before wait_timeout (%v)", took, waitTimeout)
+		}
+		waitFor(t, "an enqueue to succeed with the replica back", 10*time.Second, func() bool {
+			_, err := enqueue(queue)
+			return err == nil
+		})
+	})
+
+	t.Run("MasterKilledMidDelivery", func(t *testing.T) {
+		master, replica := slotNodes(t, seeds[0], "asynq:{default}:pending") // where deliveries are queued
+		// asynq's workers run on a cluster client of their own, which kept
+		// dialling the dead master for most of a minute before it read the
+		// new slot map (measured: deliveries done 50-58 s after the writes,
+		// with or without wait_replicas): hence two minutes.
+		deliveredOnceThrough(t, s, f, 2*time.Minute, func() {
+			procs[master].stop()
+			c := redis.NewClient(&redis.Options{Addr: replica})
+			defer c.Close()
+			waitFor(t, "the cluster to promote "+replica, 30*time.Second, func() bool {
+				role, err := c.Do(ctx, "ROLE").Slice()
+				if err != nil || len(role) == 0 || role[0] != "master" {
+					return false
+				}
+				info, err := c.ClusterInfo(ctx).Result()
+				return err == nil && strings.Contains(info, "cluster_state:ok")
+			})
+			t.Logf("killed master %s; the cluster promoted %s", master, replica)
+		})
+	})
+
+	for _, bad := range []string{"CROSSSLOT", "non local key"} {
 		if strings.Contains(logs.String(), bad) {
 			t.Errorf("the logs report %s:\n%s", bad, lastLines([]byte(logs.String()), 20))
 		}

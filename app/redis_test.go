@@ -81,6 +81,14 @@ func TestParseRedisURL(t *testing.T) {
 				if !ok || len(o.Addrs) != 3 || o.Password != "p@ss" || o.TLSConfig != nil {
 					t.Fatalf("queue %+v", rt.queueOpt())
 				}
+				if rt.waitReplicas != 0 {
+					t.Fatalf("Cluster default: wait for %d replicas, want 0 (a cluster may have none)", rt.waitReplicas)
+				}
+			}},
+			{"redis-cluster://127.0.0.1:7000?wait_replicas=1&wait_timeout=250ms", func(t *testing.T, rt redisTarget) {
+				if rt.waitReplicas != 1 || rt.waitTimeout != 250*time.Millisecond {
+					t.Fatalf("got %+v", rt)
+				}
 			}},
 			{"rediss-cluster://10.0.0.1:7000/", func(t *testing.T, rt redisTarget) {
 				if o := rt.queueOpt().(asynq.RedisClusterClientOpt); o.TLSConfig == nil || o.TLSConfig.ServerName != "" {
@@ -112,7 +120,7 @@ func TestParseRedisURL(t *testing.T) {
 			{"redis-cluster://127.0.0.1:7000?db=1", "only database 0"},
 			{"redis-cluster://127.0.0.1:7000?sentinel_password=x", "for Sentinel"},
 			{"redis-cluster://127.0.0.1:7000?pool_size=0", "pool_size"},
-			{"redis-cluster://127.0.0.1:7000?wait_replicas=1", "for Sentinel"},
+			{"redis-cluster://127.0.0.1:7000?wait_replicas=one", "wait_replicas"},
 			{"redis-sentinel://127.0.0.1:26379/m?wait_replicas=-1", "wait_replicas"},
 			{"redis-sentinel://127.0.0.1:26379/m?wait_timeout=0s", "wait_timeout"},
 			{"redis-cluster://127.0.0.1:7000?read_timeout=soon", "read_timeout"},

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -172,7 +173,7 @@ func requiredInProduction(t *testing.T) []string {
 
 // secretSettings must never come from a ConfigMap or a literal.
 var secretSettings = []string{"KEYRELAY_SECRET_KEY", "KEYRELAY_OPERATOR_TOKEN", "KEYRELAY_DATABASE_URL",
-	"KEYRELAY_APP_DATABASE_URL", "KEYRELAY_REDIS_URL", "KEYRELAY_DEFAULT_PROVIDERS"}
+	"KEYRELAY_APP_DATABASE_URL", "KEYRELAY_DATABASE_REPLICA_URL", "KEYRELAY_REDIS_URL", "KEYRELAY_DEFAULT_PROVIDERS"}
 
 // secretKeys reads the keys of the Secrets secret.example.yaml documents.
 func secretKeys(t *testing.T) map[string][]string {
@@ -354,6 +355,43 @@ func TestKubernetesManifests(t *testing.T) {
 		if p.TargetPort.String() == "metrics" || p.TargetPort.String() == metricsPort {
 			t.Error("Service keyrelay exposes the unauthenticated metrics port to the ingress")
 		}
+	}
+}
+
+// TestConnectionBudget keeps the pool size, the autoscalers' maxima and
+// the budget deploy/README.md states in step: every serve and worker pod
+// takes KEYRELAY_DB_MAX_CONNS from the ConfigMap (a value app/config.go
+// accepts), and (serve max + worker max) × pool is the number the README
+// tells PgBouncer and PostgreSQL to allow. The optional replica URL comes
+// from a Secret.
+func TestConnectionBudget(t *testing.T) {
+	f := render(t)
+	secrets := secretKeys(t)
+	cm := f.configMaps["keyrelay"]
+	pool, err := strconv.Atoi(cm.Data["KEYRELAY_DB_MAX_CONNS"])
+	if err != nil || pool < 1 || pool > 1000 {
+		t.Fatalf("ConfigMap: KEYRELAY_DB_MAX_CONNS=%q, want 1 to 1000", cm.Data["KEYRELAY_DB_MAX_CONNS"])
+	}
+	if idle, err := strconv.Atoi(cm.Data["KEYRELAY_DB_MAX_IDLE_CONNS"]); err != nil || idle < 0 || idle > pool {
+		t.Errorf("ConfigMap: KEYRELAY_DB_MAX_IDLE_CONNS=%q, want 0 to %d", cm.Data["KEYRELAY_DB_MAX_IDLE_CONNS"], pool)
+	}
+	for name, d := range f.deployments {
+		c := d.Spec.Template.Spec.Containers[0]
+		if src, v := envSource(t, f, c, "KEYRELAY_DB_MAX_CONNS", secrets); src != "configmap" || v != strconv.Itoa(pool) {
+			t.Errorf("%s: KEYRELAY_DB_MAX_CONNS from %s %q; the budget counts the ConfigMap's %d for every pod", name, src, v, pool)
+		}
+		if src, secret := envSource(t, f, c, "KEYRELAY_DATABASE_REPLICA_URL", secrets); src != "secret" || secret != "keyrelay" {
+			t.Errorf("%s: KEYRELAY_DATABASE_REPLICA_URL from %s %s, want the Secret keyrelay (optional)", name, src, secret)
+		}
+	}
+	serveMax, workerMax := int(f.hpas["keyrelay-serve"].Spec.MaxReplicas), int(f.hpas["keyrelay-worker"].Spec.MaxReplicas)
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("(%d serve + %d worker) × %d = **%d**", serveMax, workerMax, pool, (serveMax+workerMax)*pool)
+	if !strings.Contains(string(readme), want) {
+		t.Errorf("deploy/README.md does not state the connection budget the manifests make, %q", want)
 	}
 }
 
@@ -658,6 +696,9 @@ func TestCompose(t *testing.T) {
 		}
 		if s.Environment["KEYRELAY_PLUGINS_DIR"] != "/opt/keyrelay/plugins-dev" {
 			t.Errorf("%s: KEYRELAY_PLUGINS_DIR=%q, want the image's /opt/keyrelay/plugins-dev", name, s.Environment["KEYRELAY_PLUGINS_DIR"])
+		}
+		if n, err := strconv.Atoi(s.Environment["KEYRELAY_DB_MAX_CONNS"]); err != nil || n < 1 || n*3 > 90 {
+			t.Errorf("%s: KEYRELAY_DB_MAX_CONNS=%q; the three keyrelay containers must fit the postgres image's 100 connections", name, s.Environment["KEYRELAY_DB_MAX_CONNS"])
 		}
 		if name != "migrate" && s.DependsOn["migrate"].Condition != "service_completed_successfully" {
 			t.Errorf("%s: must wait for migrate to complete", name)

@@ -129,6 +129,17 @@ type Deps struct {
 	Commands Commands
 	Tags     RevokedTags // may be nil
 	Observer Observer    // may be nil
+	Replica  Replica     // may be nil: the build reads in its own transaction
+}
+
+// Replica runs read-only work on a streaming replica of the database (the
+// app's KEYRELAY_DATABASE_REPLICA_URL): fn gets a context whose tenant
+// transaction is a read-only one on the replica, for the tenant of ctx,
+// once the replica holds everything committed before the call; a replica
+// that lags or fails is read around, on the primary in ctx. fn may run
+// twice and must only read.
+type Replica interface {
+	Read(ctx context.Context, fn func(ctx context.Context) error) error
 }
 
 // Observer counts rebuilds (the platform's metrics).
@@ -270,7 +281,20 @@ func (s *Service) Build(ctx context.Context, boxID uuid.UUID) (Built, error) {
 		return Built{}, err
 	}
 	now := s.now().UTC()
-	p, err := s.payload(ctx, tenantID, b, kver, cur.Version+1, now)
+	// The data (keys, accesses, policy, revoked tags: the bulk of a build)
+	// may come from the read replica. Read waits until the replica holds
+	// what the primary had committed by now, so every change in covered is
+	// in it; the lock, the version and the store stay on the primary.
+	var p *Payload
+	read := func(ctx context.Context) (err error) {
+		p, err = s.payload(ctx, tenantID, b, kver, cur.Version+1, now)
+		return err
+	}
+	if s.d.Replica != nil {
+		err = s.d.Replica.Read(ctx, read)
+	} else {
+		err = read(ctx)
+	}
 	if err != nil {
 		return Built{}, err
 	}

@@ -162,6 +162,17 @@ type Deps struct {
 	Keys     Keys
 	Messages Messages
 	Locks    Locks
+	Replica  Replica // may be nil: the list reads in the request's transaction
+}
+
+// Replica runs read-only work on a streaming replica of the database (the
+// app's KEYRELAY_DATABASE_REPLICA_URL): fn gets a context whose tenant
+// transaction is a read-only one on the replica, for the tenant of ctx,
+// once the replica holds everything committed before the call; a replica
+// that lags or fails is read around, on the primary in ctx. fn may run
+// twice and must only read.
+type Replica interface {
+	Read(ctx context.Context, fn func(ctx context.Context) error) error
 }
 
 // Locks clears the failure counters of a booking that too many wrong
@@ -178,6 +189,7 @@ type Service struct {
 	keys  Keys
 	locks Locks
 	msgs  Messages
+	repl  Replica // nil: none
 	cfg   Config
 	now   func() time.Time
 }
@@ -190,7 +202,7 @@ func NewService(d Deps, cfg Config) (*Service, error) {
 	if cfg.ResendAfter <= 0 || cfg.ReminderClock < 0 || cfg.ReminderClock >= 24*time.Hour {
 		return nil, errors.New("bookings: ResendAfter must be positive and ReminderClock a time of day")
 	}
-	return &Service{keys: d.Keys, msgs: d.Messages, locks: d.Locks, cfg: cfg, now: time.Now}, nil
+	return &Service{keys: d.Keys, msgs: d.Messages, locks: d.Locks, repl: d.Replica, cfg: cfg, now: time.Now}, nil
 }
 
 func newID() uuid.UUID { return uuid.Must(uuid.NewV7()) }

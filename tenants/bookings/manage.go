@@ -132,10 +132,6 @@ func (s *Service) List(ctx context.Context, f Filter) ([]View, error) {
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return nil, err
-	}
 	now := s.now()
 	args := map[string]any{"now": now, "limit": f.Limit}
 	where := []string{"true"}
@@ -157,8 +153,26 @@ func (s *Service) List(ctx context.Context, f Filter) ([]View, error) {
 	}
 	var rs []row
 	q := selectRows + " WHERE " + strings.Join(where, " AND ") + " ORDER BY bk.id DESC LIMIT @limit"
-	if err := tx.Raw(q, args).Scan(&rs).Error; err != nil {
-		return nil, wrap("list bookings", err)
+	// The list is the read-mostly query of the dashboard and of
+	// integrations that poll: on the read replica when there is one.
+	read := func(ctx context.Context) error {
+		tx, err := tenants.Tx(ctx)
+		if err != nil {
+			return err
+		}
+		rs = nil
+		if err := tx.Raw(q, args).Scan(&rs).Error; err != nil {
+			return wrap("list bookings", err)
+		}
+		return nil
+	}
+	if s.repl != nil {
+		err = s.repl.Read(ctx, read)
+	} else {
+		err = read(ctx)
+	}
+	if err != nil {
+		return nil, err
 	}
 	views := make([]View, len(rs))
 	for i, r := range rs {
