@@ -142,7 +142,7 @@ func TestDeliveryOutcomes(t *testing.T) {
 // back.
 func TestDeliverySurvivesRedisOutage(t *testing.T) {
 	p := dbtest.NewProxy(t, "127.0.0.1:6379")
-	s := startServer(t, withWorkers, func(c *Config) { c.RedisURL = "redis://" + p.Addr() + "/5" })
+	s := startServer(t, withWorkers, func(c *Config) { c.RedisURL = fmt.Sprintf("redis://%s/%d", p.Addr(), testRedisDB) })
 	f := s.signup(t)
 	p.SetDown(true)
 	var ids []uuid.UUID

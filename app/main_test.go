@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -37,7 +38,14 @@ var testPlugins string
 
 // testRedisDB is this package's own Redis database: asynq's queues have
 // fixed names, and another package's workers must not take our tasks.
-const testRedisDB = 5
+// KEYRELAY_TEST_REDIS_DB moves it, for running the package from two
+// checkouts at once.
+var testRedisDB = func() int {
+	if n, err := strconv.Atoi(os.Getenv("KEYRELAY_TEST_REDIS_DB")); err == nil {
+		return n
+	}
+	return 5
+}()
 
 func TestMain(m *testing.M) {
 	var err error

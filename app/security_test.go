@@ -333,7 +333,7 @@ func (s *server) expireLocksIfAny(t testing.TB) {
 // 503, while reads that need no counter keep working.
 func TestVerificationFailsClosed(t *testing.T) {
 	p := dbtest.NewProxy(t, "127.0.0.1:6379")
-	s := startServer(t, func(c *Config) { c.RedisURL = "redis://" + p.Addr() + "/5" })
+	s := startServer(t, func(c *Config) { c.RedisURL = "redis://" + p.Addr() + "/" + strconv.Itoa(testRedisDB) })
 	f := s.signup(t)
 	c := s.client()
 	ch, _ := s.challenge(t, c, f.Email, f.Password)

@@ -18,6 +18,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"gorm.io/gorm"
+
+	"github.com/keyrelay/keyrelay/tenants"
 )
 
 // Tracing (OpenTelemetry) is off unless KEYRELAY_OTLP_ENDPOINT is set. When
@@ -121,21 +123,32 @@ func (p *tracedPool) BeginTx(ctx context.Context, opts *sql.TxOptions) (gorm.Con
 		span.End()
 		return nil, err
 	}
-	return &tracedTx{Tx: tx, ctx: sctx, span: span}, nil
+	return &tracedTx{TxPool: tx, ctx: sctx, span: span}, nil
 }
 
 // GetDBConn lets gorm.DB.DB() find the pool.
 func (p *tracedPool) GetDBConn() (*sql.DB, error) { return p.DB, nil }
 
+// WrapTx implements tenants.TxWrapper: a tenant transaction begun in a
+// traced context becomes a span, as BeginTx makes one of the others.
+func (p *tracedPool) WrapTx(ctx context.Context, tx tenants.TxPool) tenants.TxPool {
+	if !trace.SpanContextFromContext(ctx).IsSampled() {
+		return tx
+	}
+	sctx, span := p.tracer.Start(ctx, "tenant transaction", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("db.system", "postgresql")))
+	return &tracedTx{TxPool: tx, ctx: sctx, span: span}
+}
+
 // tracedTx is a transaction and its span.
 type tracedTx struct {
-	*sql.Tx
+	tenants.TxPool
 	ctx  context.Context // the span's: statements in the transaction are its children
 	span trace.Span
 }
 
 func (t *tracedTx) Commit() error {
-	err := t.Tx.Commit()
+	err := t.TxPool.Commit()
 	if err != nil {
 		t.span.SetStatus(codes.Error, "commit failed")
 	}
@@ -144,8 +157,8 @@ func (t *tracedTx) Commit() error {
 }
 
 func (t *tracedTx) Rollback() error {
-	err := t.Tx.Rollback()
-	if !errors.Is(err, sql.ErrTxDone) {
+	err := t.TxPool.Rollback()
+	if !errors.Is(err, sql.ErrTxDone) && !errors.Is(err, sql.ErrConnDone) {
 		t.span.SetAttributes(attribute.Bool("db.rolled_back", true))
 	}
 	t.span.End()

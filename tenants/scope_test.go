@@ -508,6 +508,50 @@ func TestPoolOfOne(t *testing.T) {
 		sees(t, a)
 		sees(t, b) // the panicking transaction's user was not committed
 	})
+
+	t.Run("CommitOfAbortedTransactionFails", func(t *testing.T) {
+		// fn swallows a failed statement: PostgreSQL then answers the
+		// COMMIT with ROLLBACK, which must come back as an error, not as
+		// a success that wrote nothing.
+		id := uuid.New()
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			tx := mustTx(t, ctx)
+			if err := insertUser(tx, a.ID, id); err != nil {
+				return err
+			}
+			_ = tx.Exec("SELECT 1/0").Error
+			return nil
+		})
+		if err == nil {
+			t.Fatal("Do committed a transaction whose statement failed")
+		}
+		if n := ownerCount(t, "SELECT count(*) FROM users WHERE id = $1", id); n != 0 {
+			t.Errorf("the aborted transaction's user is there (%d)", n)
+		}
+		clean(t)
+		sees(t, b)
+	})
+
+	t.Run("OKAfterCancelledContext", func(t *testing.T) {
+		// The request is abandoned mid-transaction: the rollback still
+		// runs and the one connection comes back without the tenant.
+		cctx, cancel := context.WithCancel(ctx)
+		err := scope.Do(cctx, a.ID, func(ctx context.Context) error {
+			if err := insertUser(mustTx(t, ctx), a.ID, uuid.New()); err != nil {
+				return err
+			}
+			cancel()
+			return ctx.Err()
+		})
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Do = %v, want context.Canceled", err)
+		}
+		s, _ := setting(t, ctx, db)
+		if s != "" {
+			t.Errorf("app.tenant_id = %q after a cancelled transaction", s)
+		}
+		sees(t, b)
+	})
 }
 
 func TestConcurrentTenants(t *testing.T) {
@@ -751,4 +795,51 @@ func TestAfterCommit(t *testing.T) {
 	if err == nil || len(ran) != 0 {
 		t.Fatalf("after a rollback: err %v, ran %v", err, ran)
 	}
+}
+
+func TestMemo(t *testing.T) {
+	_, scope := openApp(t, 1)
+	ctx := testCtx(t)
+	a := newTenant(t, 1)
+	type key struct{}
+	loads := 0
+	load := func() (int, error) { loads++; return loads, nil }
+	err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+		for range 3 {
+			if v, _ := tenants.Memo(ctx, key{}, load); v != 1 {
+				t.Errorf("memo = %d, want the first load's 1", v)
+			}
+		}
+		tenants.Forget(ctx, key{})
+		if v, _ := tenants.Memo(ctx, key{}, load); v != 2 {
+			t.Errorf("after Forget: %d, want a new load", v)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A new transaction starts without the memo; outside any it loads
+	// every time.
+	scope.Do(ctx, a.ID, func(ctx context.Context) error {
+		if v, _ := tenants.Memo(ctx, key{}, load); v != 3 {
+			t.Errorf("next transaction: %d, want a new load", v)
+		}
+		return nil
+	})
+	tenants.Memo(ctx, key{}, load)
+	if v, _ := tenants.Memo(ctx, key{}, load); v != 5 {
+		t.Errorf("outside a transaction: %d, want a load per call", v)
+	}
+	// A failed load is not remembered.
+	boom := errors.New("boom")
+	scope.Do(ctx, a.ID, func(ctx context.Context) error {
+		if _, err := tenants.Memo(ctx, key{}, func() (int, error) { return 0, boom }); !errors.Is(err, boom) {
+			t.Errorf("err = %v", err)
+		}
+		if v, _ := tenants.Memo(ctx, key{}, load); v != 6 {
+			t.Errorf("after a failed load: %d, want a new load", v)
+		}
+		return nil
+	})
 }

@@ -42,6 +42,9 @@ type env struct {
 	dir       string         // binaries, logs, pgbench scripts
 	baseURL   string
 	server    *exec.Cmd
+	worker    *exec.Cmd // -workers between-runs: running only while draining
+	bin, root string
+	serverEnv []string
 	bare      *exec.Cmd
 	exited    map[*exec.Cmd]chan struct{}
 	serverLog *os.File
@@ -108,6 +111,7 @@ func (e *env) startServer(ctx context.Context) error {
 		return err
 	}
 	bin := filepath.Join(e.dir, "keyrelay")
+	e.bin, e.root = bin, root
 	step("build ./app")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./app")
 	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
@@ -136,8 +140,9 @@ func (e *env) startServer(ctx context.Context) error {
 		// Seeding signs in a few owners and provisions boxes from one
 		// address; the sign-in limit is not what is measured.
 		"KEYRELAY_AUTH_RATE_LIMIT=100000-M",
-		"KEYRELAY_WORKERS=inprocess",
+		"KEYRELAY_WORKERS="+map[string]string{"inprocess": "inprocess", "between-runs": "separate"}[e.o.workers],
 	)
+	e.serverEnv = e.server.Env
 	if e.o.verbose {
 		e.server.Stdout, e.server.Stderr = os.Stderr, os.Stderr
 	} else {
@@ -190,6 +195,7 @@ func waitReady(ctx context.Context, url string, exited chan struct{}) error {
 
 func (e *env) tearDown() error {
 	e.stopProcess(e.bare)
+	e.stopProcess(e.worker)
 	e.stopProcess(e.server)
 	if e.serverLog != nil {
 		e.serverLog.Close()

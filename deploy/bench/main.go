@@ -40,6 +40,7 @@ type options struct {
 	redisDB     int
 	trace       bool
 	verbose     bool
+	workers     string // inprocess | between-runs
 }
 
 func main() {
@@ -57,6 +58,7 @@ func main() {
 	flag.IntVar(&o.redisDB, "redis-db", 11, "Redis database of the bench server (asynq queues have fixed names)")
 	flag.BoolVar(&o.trace, "trace", false, "log every SQL statement of the bench database (PostgreSQL's log), send one create and one pickup, and stop: to check the pgbench scripts")
 	flag.BoolVar(&o.verbose, "v", false, "show the server's log")
+	flag.StringVar(&o.workers, "workers", "between-runs", "where the background workers run: between-runs (a separate `worker` process that drains the queues between timed runs and is stopped during them, as pgbench's side delivers nothing either; the fleet layout) or inprocess (inside the server under test, during the runs too)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run ./deploy/bench [flags] create|pickup|list|all\n\n")
 		flag.PrintDefaults()
@@ -69,6 +71,10 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	if o.workers != "inprocess" && o.workers != "between-runs" {
+		fmt.Fprintf(os.Stderr, "bench: -workers %q: want inprocess or between-runs\n", o.workers)
+		os.Exit(2)
 	}
 	if flag.NArg() != 1 {
 		flag.Usage()

@@ -24,9 +24,10 @@ import (
 // the planner), and so are 'box:' || id and the like.
 
 // createScript is POST /api/v1/bookings for keyID: API-key lookup, the
-// key (share lock), a fresh code, the overlap check, the booking in its
-// savepoint, the access instructions and the return reminder in the
-// outbox, the reminder bookkeeping, the audit entry.
+// key (share lock), a fresh code, the overlap check, the booking (ON
+// CONFLICT DO NOTHING, for the overlap race), the tenant's name and
+// settings, the access instructions and the return reminder in the
+// outbox, the reminder bookkeeping, the audit entry, the webhooks.
 func createScript(tenantID, apiKeyID, keyID uuid.UUID, apiKey string, webhooks bool) string {
 	h := sha256.Sum256([]byte(apiKey))
 	r := strings.NewReplacer("{T}", tenantID.String(), "{K}", keyID.String(), "{A}", apiKeyID.String(), "{H}", hex.EncodeToString(h[:]))
@@ -37,17 +38,12 @@ SELECT * FROM "api_keys" WHERE token_hash = '\x{H}'::bytea AND revoked_at IS NUL
 SELECT k.id, k.name, bx.id AS box_id, bx.name AS box_name, bx.address AS box_address, bx.timezone AS box_timezone, bx.location_id FROM keys k JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id WHERE k.id = '{K}' AND k.deleted_at IS NULL FOR SHARE OF k;
 INSERT INTO codes (tenant_id, id, code_hash, code_sealed, created_at) VALUES ('{T}', gen_random_uuid(), sha256(random()::text::bytea), substring(sha512(random()::text::bytea) from 1 for 38), now()) ON CONFLICT (tenant_id, code_hash) WHERE freed_at IS NULL DO NOTHING RETURNING id AS code_id \gset
 SELECT id FROM bookings WHERE key_id = '{K}' AND kind = 'one_time' AND revoked_at IS NULL AND id <> gen_random_uuid() AND tstzrange(live_from, ends_at) && tstzrange(timestamptz '2100-01-01' + :slot * interval '1 minute', timestamptz '2100-01-01' + (:slot + 1) * interval '1 minute') ORDER BY starts_at LIMIT 1;
-SAVEPOINT booking_write;
-INSERT INTO "bookings" ("tenant_id","id","key_id","kind","visitor_name","visitor_phone","visitor_email","notify_via","starts_at","ends_at","live_from","return_reminder","code_id","alias_code_id","url_token_hash","url_token_sealed","hold","released_at","sent_at","resent_at","revoked_at","created_by","created_at","updated_at") VALUES ('{T}', gen_random_uuid(), '{K}', 'one_time', 'Vic Visitor', '+14155550199', 'vic@example.com', 'sms', timestamptz '2100-01-01' + :slot * interval '1 minute', timestamptz '2100-01-01' + (:slot + 1) * interval '1 minute', timestamptz '2100-01-01' + :slot * interval '1 minute', true, :code_id, NULL, sha256(random()::text::bytea), sha512(random()::text::bytea) || substring(sha256(random()::text::bytea) from 1 for 7), false, NULL, now(), NULL, NULL, 'api_key:' || '{A}', now(), now()) RETURNING id AS booking_id \gset
-RELEASE SAVEPOINT booking_write;
+INSERT INTO "bookings" ("tenant_id","id","key_id","kind","visitor_name","visitor_phone","visitor_email","notify_via","starts_at","ends_at","live_from","return_reminder","code_id","alias_code_id","url_token_hash","url_token_sealed","hold","released_at","sent_at","resent_at","revoked_at","created_by","created_at","updated_at") VALUES ('{T}', gen_random_uuid(), '{K}', 'one_time', 'Vic Visitor', '+14155550199', 'vic@example.com', 'sms', timestamptz '2100-01-01' + :slot * interval '1 minute', timestamptz '2100-01-01' + (:slot + 1) * interval '1 minute', timestamptz '2100-01-01' + :slot * interval '1 minute', true, :code_id, NULL, sha256(random()::text::bytea), sha512(random()::text::bytea) || substring(sha256(random()::text::bytea) from 1 for 7), false, NULL, now(), NULL, NULL, 'api_key:' || '{A}', now(), now()) ON CONFLICT DO NOTHING RETURNING id AS booking_id \gset
 SELECT name FROM tenants WHERE tenant_id = '{T}';
 SELECT default_language, to_char(quiet_hours_start, 'HH24:' || 'MI') AS quiet_hours_start, to_char(quiet_hours_end, 'HH24:' || 'MI') AS quiet_hours_end FROM tenants WHERE tenant_id = '{T}';
 INSERT INTO "outbox" ("tenant_id","id","kind","channel","recipient","payload","language","priority","status","provider","provider_message_id","attempts","reason","created_at","relayed_at","sent_at","delivered_at","updated_at","not_before","time_zone","schedule_rev","claimed_by","claim_expires_at") VALUES ('{T}', gen_random_uuid(), 'access_instructions', 'sms', '+14155550199', decode(repeat(md5(random()::text), 21), 'hex'), 'en', 'default', 'queued', NULL, NULL, 0, NULL, now(), now(), NULL, NULL, now(), NULL, 'Europe/Paris', 0, NULL, NULL);
-SELECT "outbox_id" FROM "booking_reminders" WHERE booking_id = :booking_id AND kind = 'return_reminder' ORDER BY created_at;
-SELECT default_language, to_char(quiet_hours_start, 'HH24:' || 'MI') AS quiet_hours_start, to_char(quiet_hours_end, 'HH24:' || 'MI') AS quiet_hours_end FROM tenants WHERE tenant_id = '{T}';
 INSERT INTO "outbox" ("tenant_id","id","kind","channel","recipient","payload","language","priority","status","provider","provider_message_id","attempts","reason","created_at","relayed_at","sent_at","delivered_at","updated_at","not_before","time_zone","schedule_rev","claimed_by","claim_expires_at") VALUES ('{T}', gen_random_uuid(), 'return_reminder', 'sms', '+14155550199', decode(repeat(md5(random()::text), 10), 'hex'), 'en', 'low', 'queued', NULL, NULL, 0, NULL, now(), now(), NULL, NULL, now(), NULL, 'Europe/Paris', 0, NULL, NULL) RETURNING id AS reminder_id \gset
 INSERT INTO "booking_reminders" ("tenant_id","outbox_id","booking_id","kind","created_at") VALUES ('{T}', :reminder_id, :booking_id, 'return_reminder', now());
-SELECT "outbox_id" FROM "booking_reminders" WHERE booking_id = :booking_id AND kind = 'held_booking_reminder' ORDER BY created_at;
 INSERT INTO "audit_events" ("tenant_id","id","actor","action","target","details","client_ip","created_at") VALUES ('{T}', gen_random_uuid(), 'api_key:' || '{A}', 'booking.created', 'booking:' || :booking_id, '{"hold": "false", "kind": "one_time", "key_id": "{K}", "notify_via": "sms"}', '127.0.0.1', now());
 `
 	if webhooks {
@@ -65,7 +61,7 @@ func pickupScript(tenantID, credID, boxID, keyID, bookingID uuid.UUID, codeHash 
 	return r.Replace(`BEGIN;
 SELECT set_config('app.tenant_id', '{T}', true);
 SELECT tenant_id, id, box_id, public_key, last_seen_at FROM "box_credentials" WHERE id = '{C}' AND revoked_at IS NULL LIMIT 1;
-SELECT b.id AS booking_id, b.key_id, k.name AS key_name, b.starts_at, b.ends_at, b.revoked_at, (b.hold AND b.released_at IS NULL) AS held, k.state AS key_state, k.box_id AS key_box_id, k.bin AS key_bin FROM codes c JOIN bookings b ON b.tenant_id = c.tenant_id AND b.code_id = c.id JOIN keys k ON k.tenant_id = b.tenant_id AND k.id = b.key_id AND k.deleted_at IS NULL WHERE c.code_hash = '\x{H}'::bytea AND c.freed_at IS NULL ORDER BY (b.revoked_at IS NULL AND NOT (b.hold AND b.released_at IS NULL) AND b.starts_at <= now() AND (b.ends_at IS NULL OR b.ends_at > now())) DESC, b.id DESC LIMIT 1;
+SELECT b.id AS booking_id, b.key_id, k.name AS key_name, b.starts_at, b.ends_at, b.revoked_at, (b.hold AND b.released_at IS NULL) AS held, k.state AS key_state, k.box_id AS key_box_id, k.bin AS key_bin, b.locked_at IS NOT NULL AS locked FROM codes c JOIN bookings b ON b.tenant_id = c.tenant_id AND b.code_id = c.id JOIN keys k ON k.tenant_id = b.tenant_id AND k.id = b.key_id AND k.deleted_at IS NULL WHERE c.code_hash = '\x{H}'::bytea AND c.freed_at IS NULL ORDER BY (b.revoked_at IS NULL AND NOT (b.hold AND b.released_at IS NULL) AND b.starts_at <= now() AND (b.ends_at IS NULL OR b.ends_at > now())) DESC, b.id DESC LIMIT 1;
 INSERT INTO "audit_events" ("tenant_id","id","actor","action","target","details","client_ip","created_at") VALUES ('{T}', gen_random_uuid(), 'box:' || '{B}', 'pickup.opened', 'box:' || '{B}', '{"bin": "{N}", "key": "{K}", "method": "code", "booking": "{BK}"}', '127.0.0.1', now());
 COMMIT;
 `)

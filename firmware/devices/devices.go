@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -78,6 +79,9 @@ type Service struct {
 	prefix string
 	root   ed25519.PublicKey
 	now    func() time.Time
+	// pubkeys lets a known box's signature be checked before its
+	// credential is read (Authenticate).
+	pubkeys keyCache
 }
 
 // New returns the service. root is the platform's pinned public key that
@@ -375,40 +379,115 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 	if err != nil || len(sig) != ed25519.SignatureSize || len(r.Nonce) < 16 || len(r.Nonce) > 64 {
 		return tenants.Principal{}, errBadSignature
 	}
-	tx, err := tenants.Tx(ctx)
+	msg := Canonical(r.Method, r.Path, r.Time, r.Nonce, r.Body)
+	mutating := r.Method != "GET" && r.Method != "HEAD"
+	// A credential's public key never changes (a new key is a new
+	// credential), so one seen before lets the signature be checked before
+	// the credential is read, and the replay check (Redis) run while it is
+	// read (PostgreSQL). The read still decides: revoked or unknown is
+	// refused, and a key that differs from the cached one is refused.
+	cached, hit := s.pubkeys.get(credID)
+	var replay chan error
+	if hit {
+		if !ed25519.Verify(cached, msg, sig) {
+			return tenants.Principal{}, errBadSignature
+		}
+		if mutating {
+			replay = make(chan error, 1)
+			go func() { replay <- s.firstUse(ctx, r) }()
+		}
+	}
+	c, err := loadCredential(ctx, credID)
+	if err == nil && hit && !bytes.Equal(c.PublicKey, cached) {
+		err = errBadSignature
+	}
+	if replay != nil {
+		if rerr := <-replay; err == nil {
+			err = rerr
+		}
+	}
 	if err != nil {
 		return tenants.Principal{}, err
 	}
-	var c credential
-	if err := tx.Select("tenant_id, id, box_id, public_key, last_seen_at").Where("id = ? AND revoked_at IS NULL", credID).Take(&c).Error; err != nil {
-		if errors.Is(err, gorm.ErrRecordNotFound) {
+	if !hit {
+		if !ed25519.Verify(c.PublicKey, msg, sig) {
 			return tenants.Principal{}, errBadSignature
 		}
-		return tenants.Principal{}, fmt.Errorf("devices: load credential: %w", err)
-	}
-	if !ed25519.Verify(c.PublicKey, Canonical(r.Method, r.Path, r.Time, r.Nonce, r.Body), sig) {
-		return tenants.Principal{}, errBadSignature
-	}
-	if r.Method != "GET" && r.Method != "HEAD" {
-		// A mutating request is accepted once: a replay within the skew
-		// window would otherwise open a bin twice.
-		sum := sha256.Sum256([]byte(r.Credential + "\n" + r.Nonce))
-		first, err := s.seen.SetNX(ctx, s.prefix+"boxnonce:"+hex.EncodeToString(sum[:16]), 1, 2*MaxSkew+time.Minute).Result()
-		if err != nil {
-			return tenants.Principal{}, tenants.Errorf(tenants.EUnavailable, "replay check unavailable: %v", err)
-		}
-		if !first {
-			return tenants.Principal{}, tenants.Errorf(tenants.EUnauthorized, "this signed request was already used")
+		s.pubkeys.put(credID, c.PublicKey)
+		if mutating {
+			if err := s.firstUse(ctx, r); err != nil {
+				return tenants.Principal{}, err
+			}
 		}
 	}
 	// Touch at most once a minute: enough for "last seen", without a write
 	// per request.
 	if c.LastSeenAt == nil || now.Sub(*c.LastSeenAt) > time.Minute {
+		tx, err := tenants.Tx(ctx)
+		if err != nil {
+			return tenants.Principal{}, err
+		}
 		if err := tx.Model(&credential{}).Where("id = ?", c.ID).Update("last_seen_at", now).Error; err != nil {
 			return tenants.Principal{}, fmt.Errorf("devices: touch credential: %w", err)
 		}
 	}
 	return tenants.Principal{TenantID: tenantID, BoxID: c.BoxID}, nil
+}
+
+// loadCredential reads a live (not revoked) credential.
+func loadCredential(ctx context.Context, id uuid.UUID) (credential, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return credential{}, err
+	}
+	var c credential
+	if err := tx.Select("tenant_id, id, box_id, public_key, last_seen_at").Where("id = ? AND revoked_at IS NULL", id).Take(&c).Error; err != nil {
+		if errors.Is(err, gorm.ErrRecordNotFound) {
+			return credential{}, errBadSignature
+		}
+		return credential{}, fmt.Errorf("devices: load credential: %w", err)
+	}
+	return c, nil
+}
+
+// firstUse accepts a mutating request once: a replay within the skew
+// window would otherwise open a bin twice. Call it only on a request whose
+// signature was checked, so nobody else can fill Redis with nonces.
+func (s *Service) firstUse(ctx context.Context, r SignedRequest) error {
+	sum := sha256.Sum256([]byte(r.Credential + "\n" + r.Nonce))
+	first, err := s.seen.SetNX(ctx, s.prefix+"boxnonce:"+hex.EncodeToString(sum[:16]), 1, 2*MaxSkew+time.Minute).Result()
+	if err != nil {
+		return tenants.Errorf(tenants.EUnavailable, "replay check unavailable: %v", err)
+	}
+	if !first {
+		return tenants.Errorf(tenants.EUnauthorized, "this signed request was already used")
+	}
+	return nil
+}
+
+// keyCache maps credential ids to their public keys. Bounded: when full it
+// starts over, which costs a few unoverlapped requests, nothing else.
+type keyCache struct {
+	mu   sync.RWMutex
+	keys map[uuid.UUID]ed25519.PublicKey
+}
+
+const keyCacheSize = 100_000
+
+func (k *keyCache) get(id uuid.UUID) (ed25519.PublicKey, bool) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	pk, ok := k.keys[id]
+	return pk, ok
+}
+
+func (k *keyCache) put(id uuid.UUID, pk ed25519.PublicKey) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.keys == nil || len(k.keys) >= keyCacheSize {
+		k.keys = map[uuid.UUID]ed25519.PublicKey{}
+	}
+	k.keys[id] = bytes.Clone(pk)
 }
 
 var errBadSignature = tenants.Errorf(tenants.EUnauthorized, "the request is not signed by a live box credential")

@@ -296,10 +296,10 @@ func (s *Service) Update(ctx context.Context, id uuid.UUID, in BookingPatch) (Vi
 		}
 	}
 	k := r.key()
-	if err := s.scheduleReturnReminder(ctx, b, k); err != nil {
+	if err := s.scheduleReturnReminder(ctx, b, k, false); err != nil {
 		return View{}, err
 	}
-	if err := s.scheduleHeldReminders(ctx, b, k); err != nil {
+	if err := s.scheduleHeldReminders(ctx, b, k, false); err != nil {
 		return View{}, err
 	}
 	if err := audit.Record(ctx, p.Actor(), "booking.updated", "booking:"+b.ID.String(), changed); err != nil {
@@ -340,6 +340,26 @@ func (s *Service) save(ctx context.Context, b Booking) error {
 		return wrap("update booking", err)
 	}
 	return wrap0("release savepoint", tx.Exec("RELEASE SAVEPOINT booking_write").Error)
+}
+
+// lostRace rolls back to save's savepoint after an overlap the pre-check
+// could not see (the other booking committed meanwhile) and names it.
+func (s *Service) lostRace(ctx context.Context, b Booking) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	if err := tx.Exec("ROLLBACK TO SAVEPOINT booking_write").Error; err != nil {
+		return wrap("rollback to savepoint", err)
+	}
+	id, err := s.overlapping(ctx, b)
+	if err != nil {
+		return err
+	}
+	if id == uuid.Nil {
+		return tenants.Errorf(tenants.EConflict, "the key was booked for part of this window meanwhile; try again")
+	}
+	return overlaps(id)
 }
 
 // followKeyOut keeps keys.out_until in step with the access that has the
@@ -387,10 +407,10 @@ func (s *Service) Release(ctx context.Context, id uuid.UUID) (View, error) {
 	if err := s.sendInstructions(ctx, r.Booking, k, v.Code, v.URL); err != nil {
 		return View{}, err
 	}
-	if err := s.scheduleReturnReminder(ctx, r.Booking, k); err != nil {
+	if err := s.scheduleReturnReminder(ctx, r.Booking, k, false); err != nil {
 		return View{}, err
 	}
-	if err := s.scheduleHeldReminders(ctx, r.Booking, k); err != nil {
+	if err := s.scheduleHeldReminders(ctx, r.Booking, k, false); err != nil {
 		return View{}, err
 	}
 	if err := emit(ctx, webhooks.BookingReleased, r.Booking, now); err != nil {

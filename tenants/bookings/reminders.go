@@ -117,15 +117,21 @@ func (s *Service) moveReminders(ctx context.Context, bookingID uuid.UUID, kind s
 // scheduleReturnReminder makes b's return reminder match b: one waiting
 // message at the right time when b is a one-time access whose instructions
 // went out with the reminder on, none otherwise. A reminder that went out
-// already (the end was moved afterwards) is followed by a new one.
-func (s *Service) scheduleReturnReminder(ctx context.Context, b Booking, k keyRef) error {
+// already (the end was moved afterwards) is followed by a new one. fresh
+// says b was just created and has no reminders yet to look up.
+func (s *Service) scheduleReturnReminder(ctx context.Context, b Booking, k keyRef, fresh bool) error {
 	if b.Kind != OneTime || !b.ReturnReminder || b.held() || !b.live(s.now()) {
+		if fresh {
+			return nil
+		}
 		return s.cancelReminders(ctx, b.ID, kindReturn)
 	}
 	at := returnReminderAt(b.StartsAt, *b.EndsAt, k.location(), s.cfg.ReminderClock)
-	moved, err := s.moveReminders(ctx, b.ID, kindReturn, at)
-	if err != nil || moved > 0 {
-		return err
+	if !fresh {
+		moved, err := s.moveReminders(ctx, b.ID, kindReturn, at)
+		if err != nil || moved > 0 {
+			return err
+		}
 	}
 	id, err := s.msgs.Add(ctx, outbox.Message{
 		Kind: kindReturn, Channel: b.NotifyVia, Recipient: recipient(b.VisitorPhone, b.VisitorEmail, b.NotifyVia),
@@ -156,15 +162,20 @@ type adminRow struct {
 
 // scheduleHeldReminders makes the reminders about held booking b match it:
 // one waiting email per active admin and owner at heldReminderAt while b is
-// held and live, none otherwise.
-func (s *Service) scheduleHeldReminders(ctx context.Context, b Booking, k keyRef) error {
+// held and live, none otherwise. fresh as for scheduleReturnReminder.
+func (s *Service) scheduleHeldReminders(ctx context.Context, b Booking, k keyRef, fresh bool) error {
 	if !b.held() || !b.live(s.now()) {
+		if fresh {
+			return nil
+		}
 		return s.cancelReminders(ctx, b.ID, kindHeld)
 	}
 	at := s.heldReminderAt(b)
-	moved, err := s.moveReminders(ctx, b.ID, kindHeld, at)
-	if err != nil || moved > 0 {
-		return err
+	if !fresh {
+		moved, err := s.moveReminders(ctx, b.ID, kindHeld, at)
+		if err != nil || moved > 0 {
+			return err
+		}
 	}
 	tx, err := tenants.Tx(ctx)
 	if err != nil {

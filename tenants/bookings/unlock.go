@@ -2,17 +2,19 @@ package bookings
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
 
+	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
 	"github.com/keyrelay/keyrelay/tenants/guard"
 )
 
-// Unlock clears a booking's failure count after the owner was told it
-// locked (ten wrong codes or PINs against it at a box): its code and its
-// phone pickups work again. Staff may do it within their locations; it is
+// Unlock lifts a booking's lock and clears its failure count after the
+// owner was told it locked (ten wrong codes or PINs against it at a box):
+// its code and its phone pickups work again. Staff may do it within their locations; it is
 // audited, and harmless on a booking that is not locked.
 func (s *Service) Unlock(ctx context.Context, id uuid.UUID) (View, error) {
 	p, err := staff(ctx)
@@ -22,6 +24,13 @@ func (s *Service) Unlock(ctx context.Context, id uuid.UUID) (View, error) {
 	r, err := load(ctx, p, id, false)
 	if err != nil {
 		return View{}, err
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return View{}, err
+	}
+	if err := tx.Exec(`UPDATE bookings SET locked_at = NULL WHERE id = ? AND locked_at IS NOT NULL`, id).Error; err != nil {
+		return View{}, fmt.Errorf("bookings: unlock: %w", err)
 	}
 	if err := s.locks.Reset(ctx, guard.BookingCode, guard.BookingSubject(p.TenantID.String(), id.String())); err != nil {
 		return View{}, err

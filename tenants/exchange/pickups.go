@@ -66,6 +66,7 @@ type grant struct {
 	KeyState  string
 	KeyBoxID  *uuid.UUID
 	KeyBin    *int
+	Locked    bool
 	// LastSeenAt is when the key's box last called (booking-URL pickups
 	// only).
 	LastSeenAt *time.Time
@@ -80,7 +81,8 @@ func grantByCode(ctx context.Context, hash []byte, now time.Time) (grant, bool, 
 	}
 	var g grant
 	err = tx.Raw(`SELECT b.id AS booking_id, b.key_id, k.name AS key_name, b.starts_at, b.ends_at, b.revoked_at,
-			(b.hold AND b.released_at IS NULL) AS held, k.state AS key_state, k.box_id AS key_box_id, k.bin AS key_bin
+			(b.hold AND b.released_at IS NULL) AS held, k.state AS key_state, k.box_id AS key_box_id, k.bin AS key_bin,
+			b.locked_at IS NOT NULL AS locked
 		FROM codes c
 		JOIN bookings b ON b.tenant_id = c.tenant_id AND b.code_id = c.id
 		JOIN keys k ON k.tenant_id = b.tenant_id AND k.id = b.key_id AND k.deleted_at IS NULL
@@ -112,19 +114,34 @@ func (g grant) refusal(now time.Time) string {
 }
 
 func (s *Service) pickupByCode(ctx context.Context, p tenants.Principal, code string, boxTime *time.Time) (Result, error) {
-	// Count the attempt at this box before looking: a guesser's burst is
-	// cut at the box's limit whatever the codes (guard.BoxCooldown).
-	att, err := s.guard.Begin(ctx, guard.BoxCooldown, boxKey(p))
-	if err != nil {
-		return Result{}, err
+	// Count the attempt at this box before answering: a guesser's burst is
+	// cut at the box's limit whatever the codes (guard.BoxCooldown). The
+	// count (Redis) runs while the code is looked up (PostgreSQL): the
+	// lookup changes nothing and its result is used only once the attempt
+	// is allowed, so this is the same rule in one round trip less.
+	type begun struct {
+		att *guard.Attempt
+		err error
 	}
+	counted := make(chan begun, 1)
+	go func() {
+		att, err := s.guard.Begin(ctx, guard.BoxCooldown, boxKey(p))
+		counted <- begun{att, err}
+	}()
 	now := s.now()
 	var g grant
-	found := false
+	var found bool
+	var lookupErr error
 	if digitsOnly(code) && len(code) >= 6 && len(code) <= 16 {
-		if g, found, err = grantByCode(ctx, bookings.CodeHash(s.keys, p.TenantID, code), now); err != nil {
-			return Result{}, err
-		}
+		g, found, lookupErr = grantByCode(ctx, bookings.CodeHash(s.keys, p.TenantID, code), now)
+	}
+	b := <-counted
+	if b.err != nil {
+		return Result{}, b.err
+	}
+	att := b.att
+	if lookupErr != nil {
+		return Result{}, lookupErr // the attempt stays counted: the conservative side
 	}
 	fail := func(reason string, details map[string]string) (Result, error) {
 		if err := s.failedAtBox(ctx, p, att); err != nil {
@@ -144,14 +161,15 @@ func (s *Service) pickupByCode(ctx context.Context, p tenants.Principal, code st
 	if err := att.Succeeded(ctx); err != nil {
 		return Result{}, err
 	}
-	if reason := g.refusal(now); reason != "" {
+	reason := g.refusal(now)
+	if reason == "" && g.Locked {
+		reason = Locked
+	}
+	if reason == "" && (g.KeyState != "in_bin" || g.KeyBin == nil) {
+		reason = KeyNotHere
+	}
+	if reason != "" {
 		return denied(reason), s.record(ctx, p, "pickup.denied", "code", boxTime, mergeDetails(details, map[string]string{"reason": reason}))
-	}
-	if s.locked(ctx, p, g.BookingID) {
-		return denied(Locked), s.record(ctx, p, "pickup.denied", "code", boxTime, mergeDetails(details, map[string]string{"reason": Locked}))
-	}
-	if g.KeyState != "in_bin" || g.KeyBin == nil {
-		return denied(KeyNotHere), s.record(ctx, p, "pickup.denied", "code", boxTime, mergeDetails(details, map[string]string{"reason": KeyNotHere}))
 	}
 	bin := *g.KeyBin
 	details["bin"] = strconv.Itoa(bin)
@@ -506,8 +524,14 @@ func (s *Service) Verify(ctx context.Context, in VerifyInput) (res Result, err e
 	if !ok {
 		return Result{}, tenants.Invalid(tenants.FieldError{Field: "key_id", Message: "choose one of the challenge's keys"})
 	}
-	if choice.AccessID != nil && s.locked(ctx, p, *choice.AccessID) {
-		return denied(Locked), s.record(ctx, p, "pickup.denied", c.Channel, in.BoxTime, mergeDetails(details, map[string]string{"reason": Locked}))
+	if choice.AccessID != nil {
+		l, err := locked(ctx, *choice.AccessID)
+		if err != nil {
+			return Result{}, err
+		}
+		if l {
+			return denied(Locked), s.record(ctx, p, "pickup.denied", c.Channel, in.BoxTime, mergeDetails(details, map[string]string{"reason": Locked}))
+		}
 	}
 	switch c.Channel {
 	case "sms", "email":
@@ -633,6 +657,13 @@ func (s *Service) bookingFailure(ctx context.Context, p tenants.Principal, choic
 			return err
 		}
 		if n := guard.BookingCode.Hard; att.Reached() {
+			tx, err := tenants.Tx(ctx)
+			if err != nil {
+				return err
+			}
+			if err := tx.Exec(`UPDATE bookings SET locked_at = ? WHERE id = ? AND locked_at IS NULL`, s.now(), *c.AccessID).Error; err != nil {
+				return errf("lock booking: %w", err)
+			}
 			if err := s.alertStaff(ctx, "booking_locked", map[string]string{"key": c.KeyName, "booking": c.AccessID.String(), "failures": strconv.Itoa(n)}); err != nil {
 				return err
 			}
@@ -644,10 +675,17 @@ func (s *Service) bookingFailure(ctx context.Context, p tenants.Principal, choic
 	return nil
 }
 
-// locked reports whether a booking has used up its failures.
-func (s *Service) locked(ctx context.Context, p tenants.Principal, bookingID uuid.UUID) bool {
-	n, _, err := s.guard.Peek(ctx, guard.BookingCode, guard.BookingSubject(p.TenantID.String(), bookingID.String()))
-	return err != nil || n >= guard.BookingCode.Hard // fail closed
+// locked reports whether a booking is locked (bookingFailure).
+func locked(ctx context.Context, bookingID uuid.UUID) (bool, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return false, err
+	}
+	var l bool
+	if err := tx.Raw(`SELECT locked_at IS NOT NULL FROM bookings WHERE id = ?`, bookingID).Scan(&l).Error; err != nil {
+		return false, errf("booking lock: %w", err)
+	}
+	return l, nil
 }
 
 // alertStaff tells the tenant's owners and admins.

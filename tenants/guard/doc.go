@@ -41,9 +41,9 @@
 // pass the peek before any of them has failed: a burst of 50 requests
 // would get 50 verifications against a limit of 3. So Begin increments the
 // counter before the secret is checked and refuses when the count exceeds
-// Hard; once past the Free failures it must also take the lockout key with
-// SET NX PX for the delay that its own failure would earn. Only one attempt
-// at a time runs during the delay phase; the others get 429 with the lock's
+// Hard; once past the Free failures it also takes the lockout key, in the
+// same script, for the delay that its own failure would earn. Only one
+// attempt at a time runs during the delay phase; the others get 429 with the lock's
 // remaining TTL. Failed keeps or extends the lock to the delay the failure
 // earned; Succeeded deletes counter and lock (or, with KeepOnSuccess, takes
 // back its own increment and releases its own lock). So the Free attempts
@@ -52,18 +52,14 @@
 // after that, and never more than Hard in a window. An attempt that never
 // reports (crash, Redis failing after Begin) stays counted as a failure.
 //
-// What refusals cost: Begin first reads the lock and the counter, and an
-// attempt refused there (locked, or the window's failures used up) is not
-// counted. An attempt refused after its increment — it lost the race for
-// the lock, or a burst pushed the count over Hard — has the increment taken
-// back in the same Lua script that refuses it, never below Free (if the
-// window ended in between, the next window's count may lose that one
-// increment, but its free failures are never reopened). So refused attempts
-// may count for a moment — a burst briefly inflates the count, and with it
-// the delay its winner takes: the conservative side — but a burst does not
-// use up the Hard limit: without the take-back, 50 requests fired when a
-// lockout expires would spend an account's 20 failures at once and lock its
-// owner out.
+// What refusals cost: nothing. Begin is one Lua script: it reads the lock
+// and the counter, refuses uncounted while the lock is held or the
+// window's failures are used up, and otherwise counts the attempt and (past
+// Free) takes the lock, with nothing running in between. So a burst of 50
+// requests fired when a lockout expires gets one attempt and 49 refusals
+// that spend nothing: it cannot use up the Hard limit and lock the owner
+// out. The same script answers in one round trip, which the box's hot path
+// (a pickup) needs.
 //
 // The bound assumes that a verification takes less than BaseDelay (30 s
 // against an argon2id or HMAC check of milliseconds): a lock that expires

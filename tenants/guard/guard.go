@@ -78,11 +78,9 @@ func validName(s string) bool {
 
 // ErrHardLimit is the cause (errors.Is) of a refusal because the rule's Hard
 // limit is used up for the current window, as opposed to a delay: the caller
-// may tell the user to use the reset flow, or alert the owner. Under a burst
-// of parallel attempts the count can stand over Hard for a moment (attempts
-// are counted before they are refused and taken back), so this is also a
-// sign of an attack in progress; a lasting change (disabling a PIN, locking
-// a booking) belongs in the domain's own records, decided on its own count.
+// may tell the user to use the reset flow, or alert the owner. A lasting
+// change (disabling a PIN, locking a booking) belongs in the domain's own
+// records, decided on its own count.
 var ErrHardLimit = errors.New("guard: hard limit reached")
 
 // Guard counts attempts and failures in Redis. It is safe for concurrent use
@@ -187,33 +185,43 @@ const (
 	msgHard = "too many failed attempts; this is locked for now"
 )
 
-// The Lua scripts. Each runs atomically in Redis.
+// The Lua scripts. Each runs atomically in Redis, in one round trip; the
+// counter is ulule/limiter's key (same name, same fixed window), so Peek
+// and Spend's ulule store and these scripts read one number.
 var (
-	// acquire takes the lock (SET NX PX) for an attempt past the free
-	// failures. When another attempt holds it, it takes back this attempt's
-	// increment and answers the lock's remaining TTL. Within one window the
-	// counter then reads more than Free (the free failures plus this
-	// attempt), so the take-back is exact; it is skipped when the counter
-	// reads Free or less — the window ended between the increment and this
-	// script, or KeepOnSuccess successes took theirs back meanwhile — so a
-	// take-back never reopens the free failures and otherwise errs towards
-	// counting. KEYS: lock, counter. ARGV: token, px, Free. Returns 0 when
-	// acquired.
-	acquire = redis.NewScript(`
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-local v = tonumber(redis.call('get', KEYS[2]) or '0')
-if v > tonumber(ARGV[3]) then redis.call('decr', KEYS[2]) end
+	// begin is Begin: refuse while the lock is held (answer {-1, its
+	// TTL}) or while the window's failures are used up ({-2, the window's
+	// TTL}), neither counted; else count the attempt (starting the window
+	// on its first count, as ulule's INCR script does) and, past Free,
+	// take the lock for the delay this attempt's failure would earn.
+	// Answers {n, 0}, n being the attempt's number in the window. Being one
+	// script, nothing runs between the checks and the count: no attempt is
+	// ever counted over Hard or past a held lock, so nothing is taken back.
+	// KEYS: lock, counter. ARGV: Hard, Free, Window ms, token, BaseDelay
+	// ms, MaxDelay ms.
+	begin = redis.NewScript(`
 local t = redis.call('pttl', KEYS[1])
-if t < 1 then t = tonumber(ARGV[2]) end
-return t`)
+if t > 0 or t == -1 then return {-1, t} end
+local c = tonumber(redis.call('get', KEYS[2]) or '0')
+if c >= tonumber(ARGV[1]) then return {-2, redis.call('pttl', KEYS[2])} end
+local n = redis.call('incr', KEYS[2])
+if n == 1 then redis.call('pexpire', KEYS[2], ARGV[3]) end
+local free = tonumber(ARGV[2])
+if n > free then
+  local d, mx = tonumber(ARGV[5]), tonumber(ARGV[6])
+  for i = free + 1, n - 1 do
+    if d >= mx then break end
+    d = d * 2
+  end
+  if d > mx then d = mx end
+  redis.call('set', KEYS[1], ARGV[4], 'PX', d)
+end
+return {n, 0}`)
 
-	// takeBack takes back the increment of an attempt refused over Hard,
-	// never below Free (see acquire), and answers the counter's remaining
-	// TTL. KEYS: counter. ARGV: Free.
-	takeBack = redis.NewScript(`
-local v = tonumber(redis.call('get', KEYS[1]) or '0')
-if v > tonumber(ARGV[1]) then redis.call('decr', KEYS[1]) end
-return redis.call('pttl', KEYS[1])`)
+	// peek reads a subject without counting: {failures, lock TTL, window
+	// TTL}. KEYS: lock, counter.
+	peek = redis.NewScript(`
+return {tonumber(redis.call('get', KEYS[2]) or '0'), redis.call('pttl', KEYS[1]), redis.call('pttl', KEYS[2])}`)
 
 	// extend makes the lock last at least px from now (a failure never
 	// shortens a lockout). KEYS: lock. ARGV: token, px.
@@ -258,61 +266,32 @@ func (g *Guard) Begin(ctx context.Context, r Rule, key string) (*Attempt, error)
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
-	lim, err := g.limiter(limiter.Rate{Period: r.Window, Limit: int64(r.Hard)})
-	if err != nil {
-		return nil, err
-	}
 	k := g.keysFor("count", r.Name, key)
-
-	// Read first, without counting: refused while locked (the counter's
-	// window may have ended while a lockout from its last failures still
-	// runs) or when the window's failures are used up.
-	var lock, left *redis.DurationCmd
-	var count *redis.StringCmd
-	_, _ = g.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		lock, count, left = p.PTTL(ctx, k.lock), p.Get(ctx, k.full), p.PTTL(ctx, k.full)
-		return nil
-	})
-	for _, err := range []error{lock.Err(), count.Err(), left.Err()} {
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, unavailable(err)
+	token := ""
+	if r.Free < r.Hard {
+		token = rand.Text() // only an attempt past Free takes the lock with it
+	}
+	res, err := begin.Run(ctx, g.rdb, []string{k.lock, k.full}, r.Hard, r.Free, ms(r.Window), token, ms(r.BaseDelay), ms(r.MaxDelay)).Int64Slice()
+	if err != nil || len(res) != 2 {
+		return nil, unavailable(fmt.Errorf("guard: begin: %v %w", res, err))
+	}
+	switch n, ttl := res[0], time.Duration(res[1])*time.Millisecond; {
+	case n == -1:
+		if ttl < 0 { // a lock without expiry does not come from here; honour it
+			ttl = r.MaxDelay
 		}
-	}
-	if d := lock.Val(); d > 0 || d == -1 { // -1: a lock without expiry does not come from here; honour it
-		if d == -1 {
-			d = r.MaxDelay
+		return nil, refused(msgWait, ttl, nil)
+	case n == -2:
+		return nil, refused(msgHard, orSecond(ttl), ErrHardLimit)
+	case n < 1:
+		return nil, unavailable(fmt.Errorf("guard: begin answered %d", n))
+	default:
+		a := &Attempt{g: g, rule: r, keys: k, n: int(n)}
+		if a.n > r.Free {
+			a.token = token
 		}
-		return nil, refused(msgWait, d, nil)
-	}
-	if n, _ := count.Int(); n >= r.Hard {
-		return nil, refused(msgHard, orSecond(left.Val()), ErrHardLimit)
-	}
-
-	res, err := lim.Get(ctx, k.counter) // increments
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	if res.Reached { // over Hard: only under parallel attempts, as the read above passed
-		left, err := takeBack.Run(ctx, g.rdb, []string{k.full}, min(r.Free, r.Hard)).Int64()
-		if err != nil {
-			return nil, unavailable(err)
-		}
-		return nil, refused(msgHard, orSecond(time.Duration(left)*time.Millisecond), ErrHardLimit)
-	}
-	a := &Attempt{g: g, rule: r, keys: k, n: r.Hard - int(res.Remaining)}
-	if a.n <= r.Free {
 		return a, nil
 	}
-	a.token = rand.Text()
-	wait, err := acquire.Run(ctx, g.rdb, []string{k.lock, k.full}, a.token, ms(r.Delay(a.n)), r.Free).Int64()
-	if err != nil {
-		// The increment stays: counted as a failure, the conservative side.
-		return nil, unavailable(err)
-	}
-	if wait != 0 {
-		return nil, refused(msgWait, time.Duration(wait)*time.Millisecond, nil)
-	}
-	return a, nil
 }
 
 func (a *Attempt) finish() error {
@@ -385,29 +364,19 @@ func (g *Guard) Peek(ctx context.Context, r Rule, key string) (failures int, ret
 	if err := r.validate(); err != nil {
 		return 0, 0, err
 	}
-	lim, err := g.limiter(limiter.Rate{Period: r.Window, Limit: int64(r.Hard)})
-	if err != nil {
-		return 0, 0, err
-	}
 	k := g.keysFor("count", r.Name, key)
-	res, err := lim.Peek(ctx, k.counter)
-	if err != nil {
-		return 0, 0, unavailable(err)
+	res, err := peek.Run(ctx, g.rdb, []string{k.lock, k.full}).Int64Slice()
+	if err != nil || len(res) != 3 {
+		return 0, 0, unavailable(fmt.Errorf("guard: peek: %v %w", res, err))
 	}
-	failures = r.Hard - int(res.Remaining)
-	var lock, window *redis.DurationCmd
-	if _, err := g.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		lock, window = p.PTTL(ctx, k.lock), p.PTTL(ctx, k.full)
-		return nil
-	}); err != nil {
-		return 0, 0, unavailable(err)
-	}
-	retryAfter = max(lock.Val(), 0)
-	if lock.Val() == -1 { // as Begin
+	failures = min(int(res[0]), r.Hard)
+	lock, window := time.Duration(res[1])*time.Millisecond, time.Duration(res[2])*time.Millisecond
+	retryAfter = max(lock, 0)
+	if res[1] == -1 { // as Begin
 		retryAfter = r.MaxDelay
 	}
 	if failures >= r.Hard {
-		retryAfter = max(retryAfter, window.Val())
+		retryAfter = max(retryAfter, window)
 	}
 	return failures, retryAfter, nil
 }

@@ -77,8 +77,16 @@ type tenantRow struct {
 	QuietHoursEnd   *string
 }
 
-// SettingsOf returns ctx's tenant's settings.
+// settingsKey is SettingsOf's tenants.Memo key.
+type settingsKey struct{}
+
+// SettingsOf returns ctx's tenant's settings, read once per transaction:
+// every message Add queues needs them.
 func (o *Outbox) SettingsOf(ctx context.Context) (Settings, error) {
+	return tenants.Memo(ctx, settingsKey{}, func() (Settings, error) { return loadSettings(ctx) })
+}
+
+func loadSettings(ctx context.Context) (Settings, error) {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return Settings{}, err
@@ -122,6 +130,7 @@ func (o *Outbox) SetSettings(ctx context.Context, s Settings) (Settings, error) 
 	if err := tx.Exec("UPDATE tenants SET default_language = ?, quiet_hours_start = ?::time, quiet_hours_end = ?::time WHERE tenant_id = ?", s.DefaultLanguage, start, end, p.TenantID).Error; err != nil {
 		return Settings{}, fmt.Errorf("outbox: set settings: %w", err)
 	}
+	tenants.Forget(ctx, settingsKey{})
 	if err := audit.Record(ctx, p.Actor(), "notifications.settings_changed", "tenant:"+p.TenantID.String(), nil); err != nil {
 		return Settings{}, err
 	}
