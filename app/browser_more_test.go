@@ -69,7 +69,29 @@ func (b *browser) follow(act chromedp.Action[chromedp.Void], next string) {
 // and waits for the page it leads to.
 func (b *browser) pressEnter(sel, next string) {
 	b.t.Helper()
+	b.settle()
 	b.follow(chromedp.Steps(chromedp.Focus(chromedp.CSS(sel)), chromedp.KeyEvent(kb.Enter)), next)
+}
+
+// settle waits until htmx has had no request in flight, nor a swap under
+// way, for 300 ms: a filter form fires on change and on submit, and the
+// second swap replaces the nodes an action found after the first (CI saw
+// "Could not find node with given id").
+func (b *browser) settle() {
+	b.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	var quiet time.Time
+	for time.Now().Before(deadline) {
+		if jsEval[bool](b, `document.querySelector(".htmx-request, .htmx-swapping, .htmx-settling") !== null`) {
+			quiet = time.Time{}
+		} else if quiet.IsZero() {
+			quiet = time.Now()
+		} else if time.Since(quiet) >= 300*time.Millisecond {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.t.Fatal("htmx requests still under way after 15s")
 }
 
 // sees fails the test at once unless the element sel is on the page and
