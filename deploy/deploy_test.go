@@ -52,6 +52,14 @@ func decodeStrict(doc []byte, into any) error {
 	return yaml.UnmarshalStrict(doc, into)
 }
 
+// decodeNamed decodes doc strictly into objects[name].
+func decodeNamed[T any](doc []byte, name string, objects map[string]T) error {
+	var o T
+	err := decodeStrict(doc, &o)
+	objects[name] = o
+	return err
+}
+
 func render(t *testing.T) fleet {
 	t.Helper()
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
@@ -79,33 +87,19 @@ func render(t *testing.T) fleet {
 			derr = decodeStrict(doc, &o)
 			f.namespaces = append(f.namespaces, o)
 		case "v1 ConfigMap":
-			var o corev1.ConfigMap
-			derr = decodeStrict(doc, &o)
-			f.configMaps[name] = o
+			derr = decodeNamed(doc, name, f.configMaps)
 		case "v1 PersistentVolumeClaim":
-			var o corev1.PersistentVolumeClaim
-			derr = decodeStrict(doc, &o)
-			f.pvcs[name] = o
+			derr = decodeNamed(doc, name, f.pvcs)
 		case "v1 Service":
-			var o corev1.Service
-			derr = decodeStrict(doc, &o)
-			f.services[name] = o
+			derr = decodeNamed(doc, name, f.services)
 		case "apps/v1 Deployment":
-			var o appsv1.Deployment
-			derr = decodeStrict(doc, &o)
-			f.deployments[name] = o
+			derr = decodeNamed(doc, name, f.deployments)
 		case "batch/v1 Job":
-			var o batchv1.Job
-			derr = decodeStrict(doc, &o)
-			f.jobs[name] = o
+			derr = decodeNamed(doc, name, f.jobs)
 		case "policy/v1 PodDisruptionBudget":
-			var o policyv1.PodDisruptionBudget
-			derr = decodeStrict(doc, &o)
-			f.pdbs[name] = o
+			derr = decodeNamed(doc, name, f.pdbs)
 		case "autoscaling/v2 HorizontalPodAutoscaler":
-			var o autoscalingv2.HorizontalPodAutoscaler
-			derr = decodeStrict(doc, &o)
-			f.hpas[name] = o
+			derr = decodeNamed(doc, name, f.hpas)
 		default:
 			t.Errorf("%s %s: no strict decoding for this kind in deploy_test.go; add it", gvk, name)
 			continue

@@ -773,8 +773,10 @@ func (d *Device) input() error {
 	return nil
 }
 
-// ask sends a keypad request; it reports false when the server could not
-// answer, and an Answer for the server's refusals (4xx).
+// ask sends a keypad request. It reports true when the server answered
+// (out holds the answer); otherwise a non-nil Answer is final — the
+// server's refusal (4xx), or, when the server cannot be reached, a box
+// without an offline mode saying so — and nil means: answer offline.
 func (d *Device) ask(ctx context.Context, path string, body any, out *exchange.Result) (bool, *Answer, error) {
 	cctx, cancel := context.WithTimeout(ctx, d.cfg.ServerTimeout)
 	defer cancel()
@@ -784,6 +786,9 @@ func (d *Device) ask(ctx context.Context, path string, body any, out *exchange.R
 		return true, nil, nil
 	case ctx.Err() != nil:
 		return false, nil, ctx.Err()
+	case unreachable(err) && d.offline == nil:
+		a := denied(NoOfflineMode)
+		return false, &a, nil
 	case unreachable(err):
 		return false, nil, nil
 	}
@@ -826,16 +831,14 @@ func (d *Device) Pickup(ctx context.Context, code string) (Answer, error) {
 	code = strings.TrimSpace(code)
 	now := d.c.now()
 	var r exchange.Result
-	answered, refused, err := d.ask(ctx, "/box/v1/pickups", exchange.PickupInput{Code: code, BoxTime: &now}, &r)
+	answered, final, err := d.ask(ctx, "/box/v1/pickups", exchange.PickupInput{Code: code, BoxTime: &now}, &r)
 	switch {
 	case err != nil:
 		return Answer{}, err
-	case refused != nil:
-		return *refused, nil
+	case final != nil:
+		return *final, nil
 	case answered:
 		return d.fromServer(ctx, r), nil
-	case d.offline == nil:
-		return denied(NoOfflineMode), nil
 	}
 	dec, err := d.offline.Keypad(code, d.bundles)
 	if err != nil {
@@ -886,16 +889,14 @@ func (d *Device) PickupPhone(ctx context.Context, phone string) (Answer, error) 
 	phone = strings.TrimSpace(phone)
 	now := d.c.now()
 	var r exchange.Result
-	answered, refused, err := d.ask(ctx, "/box/v1/pickups", exchange.PickupInput{Phone: phone, BoxTime: &now}, &r)
+	answered, final, err := d.ask(ctx, "/box/v1/pickups", exchange.PickupInput{Phone: phone, BoxTime: &now}, &r)
 	switch {
 	case err != nil:
 		return Answer{}, err
-	case refused != nil:
-		return *refused, nil
+	case final != nil:
+		return *final, nil
 	case answered:
 		return d.fromServer(ctx, r), nil
-	case d.offline == nil:
-		return denied(NoOfflineMode), nil
 	}
 	dec, err := d.bundles.OfflinePickup("", phone)
 	if errors.Is(err, ErrNoBundle) {
@@ -916,16 +917,14 @@ func (d *Device) Verify(ctx context.Context, in exchange.VerifyInput) (Answer, e
 	now := d.c.now()
 	in.BoxTime = &now
 	var r exchange.Result
-	answered, refused, err := d.ask(ctx, "/box/v1/pickups/verify", in, &r)
+	answered, final, err := d.ask(ctx, "/box/v1/pickups/verify", in, &r)
 	switch {
 	case err != nil:
 		return Answer{}, err
-	case refused != nil:
-		return *refused, nil
+	case final != nil:
+		return *final, nil
 	case answered:
 		return d.fromServer(ctx, r), nil
-	case d.offline == nil:
-		return denied(NoOfflineMode), nil
 	}
 	return denied(OfflineSecondFactor), nil
 }
@@ -950,12 +949,12 @@ func (d *Device) Dropoff(ctx context.Context, fob, code string) (Answer, error) 
 		in.FobSerial = fob
 	}
 	var r exchange.Result
-	answered, refused, err := d.ask(ctx, "/box/v1/dropoffs", in, &r)
+	answered, final, err := d.ask(ctx, "/box/v1/dropoffs", in, &r)
 	switch {
 	case err != nil:
 		return Answer{}, err
-	case refused != nil:
-		return *refused, nil
+	case final != nil:
+		return *final, nil
 	case answered:
 		a := Answer{Result: r.Result, AccessID: r.AccessID, Reason: r.Reason, Message: r.Message}
 		if r.Result == "open" && r.Bin != nil {
@@ -963,8 +962,6 @@ func (d *Device) Dropoff(ctx context.Context, fob, code string) (Answer, error) 
 			d.putKey(ctx, *r.Bin, fob)
 		}
 		return a, nil
-	case d.offline == nil:
-		return denied(NoOfflineMode), nil
 	}
 	bin := d.freeBinFor(fob)
 	if bin == 0 {

@@ -3,6 +3,7 @@ package bookings
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
@@ -44,4 +45,32 @@ func (s *Service) Unlock(ctx context.Context, id uuid.UUID) (View, error) {
 // Unlock handles POST /bookings/{id}/unlock.
 func (h *Handlers) Unlock(c *fiber.Ctx) error {
 	return one(c, func(id uuid.UUID) (View, error) { return h.svc.Unlock(c.UserContext(), id) })
+}
+
+// Lock locks booking id from at on: the key exchange calls it when a wrong
+// second factor reaches guard.BookingCode's limit. Its code and its phone
+// pickups then open nothing until Unlock. A booking locked already keeps
+// its first time.
+func Lock(ctx context.Context, id uuid.UUID, at time.Time) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	if err := tx.Exec(`UPDATE bookings SET locked_at = ? WHERE id = ? AND locked_at IS NULL`, at, id).Error; err != nil {
+		return fmt.Errorf("bookings: lock: %w", err)
+	}
+	return nil
+}
+
+// Locked reports whether booking id is locked.
+func Locked(ctx context.Context, id uuid.UUID) (bool, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return false, err
+	}
+	var l bool
+	if err := tx.Raw(`SELECT locked_at IS NOT NULL FROM bookings WHERE id = ?`, id).Scan(&l).Error; err != nil {
+		return false, fmt.Errorf("bookings: locked: %w", err)
+	}
+	return l, nil
 }

@@ -525,7 +525,7 @@ func (s *Service) Verify(ctx context.Context, in VerifyInput) (res Result, err e
 		return Result{}, tenants.Invalid(tenants.FieldError{Field: "key_id", Message: "choose one of the challenge's keys"})
 	}
 	if choice.AccessID != nil {
-		l, err := locked(ctx, *choice.AccessID)
+		l, err := bookings.Locked(ctx, *choice.AccessID)
 		if err != nil {
 			return Result{}, err
 		}
@@ -657,12 +657,8 @@ func (s *Service) bookingFailure(ctx context.Context, p tenants.Principal, choic
 			return err
 		}
 		if n := guard.BookingCode.Hard; att.Reached() {
-			tx, err := tenants.Tx(ctx)
-			if err != nil {
+			if err := bookings.Lock(ctx, *c.AccessID, s.now()); err != nil {
 				return err
-			}
-			if err := tx.Exec(`UPDATE bookings SET locked_at = ? WHERE id = ? AND locked_at IS NULL`, s.now(), *c.AccessID).Error; err != nil {
-				return errf("lock booking: %w", err)
 			}
 			if err := s.alertStaff(ctx, "booking_locked", map[string]string{"key": c.KeyName, "booking": c.AccessID.String(), "failures": strconv.Itoa(n)}); err != nil {
 				return err
@@ -673,19 +669,6 @@ func (s *Service) bookingFailure(ctx context.Context, p tenants.Principal, choic
 		}
 	}
 	return nil
-}
-
-// locked reports whether a booking is locked (bookingFailure).
-func locked(ctx context.Context, bookingID uuid.UUID) (bool, error) {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return false, err
-	}
-	var l bool
-	if err := tx.Raw(`SELECT locked_at IS NOT NULL FROM bookings WHERE id = ?`, bookingID).Scan(&l).Error; err != nil {
-		return false, errf("booking lock: %w", err)
-	}
-	return l, nil
 }
 
 // alertStaff tells the tenant's owners and admins.
