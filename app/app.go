@@ -202,7 +202,11 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 		a.Close()
 		return nil, err
 	}
-	a.outbox = outbox.New(a.box, outbox.WithWaker(relay.Waker{Redis: a.redis, Channel: a.outboxWakeChannel(), Log: log}))
+	outboxOpts := []outbox.Option{outbox.WithWaker(relay.Waker{Redis: a.redis, Channel: a.outboxWakeChannel(), Log: log})}
+	if cfg.tracing() {
+		outboxOpts = append(outboxOpts, outbox.WithWriteTracer(outboxWriteTracer(a.tracer)))
+	}
+	a.outbox = outbox.New(a.box, outboxOpts...)
 	acfg := accounts.DefaultConfig(cfg.BaseURL)
 	acfg.SessionTTL, acfg.SessionIdle = cfg.SessionTTL, cfg.SessionIdle
 	acfg.SMSPerPhoneHour, acfg.SMSPerPhoneDay = cfg.SMSPerPhoneHour, cfg.SMSPerPhoneDay
@@ -306,7 +310,14 @@ func (a *App) serveOn(ctx context.Context, ln net.Listener) error {
 	if err := a.http.ShutdownWithTimeout(a.cfg.ShutdownTimeout); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
-	return <-errc
+	// A shutdown that comes before fasthttp has taken the listener (a
+	// server stopped as soon as it started) finds no listener to close,
+	// and Serve would then accept forever: close it here too.
+	ln.Close()
+	if err := <-errc; err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
 }
 
 // outboxWakeChannel is where committed outbox rows are announced to the
