@@ -101,6 +101,11 @@ type Config struct {
 	// second address, meant for a private network (KEYRELAY_METRICS_LISTEN).
 	// /metrics on the main address always needs the operator credential.
 	MetricsListen string
+	// MetricsPprof adds Go's profiler (/debug/pprof/) to the metrics
+	// address (KEYRELAY_METRICS_PPROF=true): a CPU profile of a replica
+	// under real load, without a rebuild. Off by default: a profile shows
+	// the code's shape and costs CPU while it is taken.
+	MetricsPprof bool
 	// OTLPEndpoint turns tracing on: spans go to this OTLP/HTTP collector
 	// URL, e.g. http://127.0.0.1:4318 (KEYRELAY_OTLP_ENDPOINT). Empty: off.
 	OTLPEndpoint string
@@ -220,6 +225,11 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		problems = append(problems, "KEYRELAY_ROLLOUT_TICK: "+err.Error())
 	}
 	c.MetricsListen = getenv("KEYRELAY_METRICS_LISTEN")
+	if c.MetricsPprof, err = strconv.ParseBool(get("KEYRELAY_METRICS_PPROF", "false")); err != nil {
+		problems = append(problems, "KEYRELAY_METRICS_PPROF: must be true or false")
+	} else if c.MetricsPprof && c.MetricsListen == "" {
+		problems = append(problems, "KEYRELAY_METRICS_PPROF: needs KEYRELAY_METRICS_LISTEN (the profiler is served only there)")
+	}
 	c.OTLPEndpoint = getenv("KEYRELAY_OTLP_ENDPOINT")
 	if u, err := url.Parse(c.OTLPEndpoint); c.OTLPEndpoint != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
 		problems = append(problems, "KEYRELAY_OTLP_ENDPOINT: must be an http(s) URL of an OTLP/HTTP collector, e.g. http://127.0.0.1:4318")

@@ -285,6 +285,41 @@ func TestMetricsListener(t *testing.T) {
 	if status, _ := get("/api/v1/me"); status != 404 {
 		t.Errorf("the metrics address serves /api/v1/me: %d", status)
 	}
+	if status, _ := get("/debug/pprof/"); status != 404 {
+		t.Errorf("the profiler is served without KEYRELAY_METRICS_PPROF: %d", status)
+	}
+}
+
+// TestMetricsPprof: KEYRELAY_METRICS_PPROF=true adds the profiler to the
+// metrics address, and only there.
+func TestMetricsPprof(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.MetricsPprof = true })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.app.serveMetricsOn(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	res, err := http.Get("http://" + ln.Addr().String() + "/debug/pprof/profile?seconds=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	// A CPU profile is gzipped protobuf.
+	if res.StatusCode != 200 || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Fatalf("GET /debug/pprof/profile: %d, %d bytes", res.StatusCode, len(b))
+	}
+	if code := s.client().do(t, "GET", "/debug/pprof/", nil).Status; code != 404 {
+		t.Errorf("the main address serves the profiler: %d", code)
+	}
 }
 
 // describedNames are the metric names the app's own collectors describe,
