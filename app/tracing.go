@@ -20,6 +20,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/outbox"
 )
 
 // Tracing (OpenTelemetry) is off unless KEYRELAY_OTLP_ENDPOINT is set. When
@@ -30,10 +31,9 @@ import (
 //	      ├ tenant transaction (claim, record)
 //	      └ plugin send
 //
-// The outbox row carries the trace across processes: the outbox write span
-// puts its context in the transaction-local setting app.traceparent, which
-// the row's trace_parent column takes as its default (migration 00021); the
-// relay continues it and puts its own span's context in the asynq task's
+// The outbox row carries the trace across processes: the outbox writes
+// the write span's context into the row's trace_parent column
+// (outbox.WithWriteTracer; migration 00021); the relay continues it and puts its own span's context in the asynq task's
 // headers, where the delivery job picks it up. Spans carry no path (booking
 // page tokens travel in paths), no recipient and no code.
 
@@ -91,13 +91,6 @@ func traceDB(db *gorm.DB, tracer trace.Tracer) error {
 	}
 	pool := &tracedPool{DB: sqlDB, tracer: tracer}
 	db.ConnPool, db.Statement.ConnPool = pool, pool
-	create := db.Callback().Create()
-	if err := create.Before("gorm:create").Register("keyrelay:outbox_span", func(tx *gorm.DB) { startOutboxSpan(tx, tracer) }); err != nil {
-		return fmt.Errorf("tracing: %w", err)
-	}
-	if err := create.After("gorm:create").Register("keyrelay:outbox_span_end", endOutboxSpan); err != nil {
-		return fmt.Errorf("tracing: %w", err)
-	}
 	return nil
 }
 
@@ -147,6 +140,10 @@ type tracedTx struct {
 	span trace.Span
 }
 
+// Unwrap lets tenants.QueryRow and ExecLater reach the transaction's
+// connection.
+func (t *tracedTx) Unwrap() tenants.TxPool { return t.TxPool }
+
 func (t *tracedTx) Commit() error {
 	err := t.TxPool.Commit()
 	if err != nil {
@@ -165,43 +162,30 @@ func (t *tracedTx) Rollback() error {
 	return err
 }
 
-const outboxSpanSetting = "keyrelay:outbox_span"
-
-// startOutboxSpan opens the outbox write span and stores its context where
-// the row's default picks it up.
-func startOutboxSpan(tx *gorm.DB, tracer trace.Tracer) {
-	if tx.Statement.Table != "outbox" {
-		return
+// outboxWriteTracer makes each outbox write a span, a child of the tenant
+// transaction's, whose context the row keeps (trace_parent) for the relay
+// and the delivery job to continue.
+func outboxWriteTracer(tracer trace.Tracer) outbox.WriteTracer {
+	return func(ctx context.Context) (string, func(error)) {
+		parent := ctx
+		if tx, err := tenants.Tx(ctx); err == nil {
+			if t, ok := tx.Statement.ConnPool.(*tracedTx); ok {
+				parent = t.ctx
+			}
+		}
+		if !trace.SpanContextFromContext(parent).IsSampled() {
+			return "", func(error) {}
+		}
+		sctx, span := tracer.Start(parent, "outbox write")
+		carrier := propagation.MapCarrier{}
+		traceContext.Inject(sctx, carrier)
+		return carrier["traceparent"], func(err error) {
+			if err != nil {
+				span.SetStatus(codes.Error, "insert failed")
+			}
+			span.End()
+		}
 	}
-	parent := tx.Statement.Context
-	if t, ok := tx.Statement.ConnPool.(*tracedTx); ok {
-		parent = t.ctx
-	}
-	if !trace.SpanContextFromContext(parent).IsSampled() {
-		return
-	}
-	ctx, span := tracer.Start(parent, "outbox write")
-	carrier := propagation.MapCarrier{}
-	traceContext.Inject(ctx, carrier)
-	if _, err := tx.Statement.ConnPool.ExecContext(ctx, "SELECT set_config('app.traceparent', $1, true)", carrier["traceparent"]); err != nil {
-		span.SetStatus(codes.Error, "set trace context failed")
-		span.End()
-		tx.AddError(fmt.Errorf("tracing: outbox trace context: %w", err))
-		return
-	}
-	tx.InstanceSet(outboxSpanSetting, span)
-}
-
-func endOutboxSpan(tx *gorm.DB) {
-	v, ok := tx.InstanceGet(outboxSpanSetting)
-	if !ok {
-		return
-	}
-	span := v.(trace.Span)
-	if tx.Error != nil {
-		span.SetStatus(codes.Error, "insert failed")
-	}
-	span.End()
 }
 
 // traceLogHandler adds trace_id and span_id to every log line written with

@@ -2,14 +2,10 @@ package tenants
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
-	"sync"
-	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"gorm.io/gorm"
 )
 
@@ -36,6 +32,7 @@ type txKey struct{}
 type scopedTx struct {
 	tenantID uuid.UUID
 	tx       *gorm.DB
+	pipe     *connTx      // tx's connection, when Begin opened it (pipeline.go)
 	after    *[]func()    // run once the transaction has committed
 	once     map[any]bool // keys of AfterCommitOnce already registered
 	memo     map[any]any  // Memo's values
@@ -44,12 +41,10 @@ type scopedTx struct {
 // Begin opens a transaction for tenantID. The caller must Commit or Rollback
 // the returned handle; Do is the usual way in.
 //
-// BEGIN and the tenant setting go in one round trip: every request begins
-// here, and a box's pickup is a handful of statements, so the round trip
-// saved is a measurable share of it (deploy/bench). They are sent as one
-// simple-protocol query, which cannot carry parameters; the tenant id is
-// written into it as uuid.UUID's canonical form (hex digits and dashes
-// only), which cannot carry SQL.
+// Nothing is sent yet: BEGIN and the tenant setting go with the
+// transaction's first statement, in one round trip (pipeline.go). Every
+// request begins here, and a box's pickup is a handful of statements, so
+// the round trip saved is a measurable share of it (deploy/bench).
 func (s *Scope) Begin(ctx context.Context, tenantID uuid.UUID) (*gorm.DB, error) {
 	if tenantID == uuid.Nil {
 		return nil, errors.New("tenants: begin: no tenant")
@@ -62,13 +57,7 @@ func (s *Scope) Begin(ctx context.Context, tenantID uuid.UUID) (*gorm.DB, error)
 	if err != nil {
 		return nil, fmt.Errorf("tenants: begin: %w", err)
 	}
-	if _, err := conn.ExecContext(ctx, "BEGIN; SELECT set_config('app.tenant_id', '"+tenantID.String()+"', true)"); err != nil {
-		// A half-begun transaction is not returned to the pool: the driver
-		// discards a connection whose transaction is still open.
-		conn.Close()
-		return nil, fmt.Errorf("tenants: begin: %w", err)
-	}
-	var tx TxPool = &connTx{conn: conn, ctx: ctx}
+	var tx TxPool = &connTx{conn: conn, ctx: ctx, tenantID: tenantID}
 	if w, ok := s.db.ConnPool.(TxWrapper); ok {
 		tx = w.WrapTx(ctx, tx)
 	}
@@ -84,90 +73,15 @@ type TxPool interface {
 }
 
 // TxWrapper is implemented by a pool that wraps each tenant transaction
-// (tracing makes it a span).
+// (tracing makes it a span). The wrapper should have an Unwrap() TxPool
+// method, so QueryRow and ExecLater find the transaction under it.
 type TxWrapper interface {
 	WrapTx(ctx context.Context, tx TxPool) TxPool
 }
 
-// connTx is a transaction on a connection taken from the pool, ended with
-// COMMIT or ROLLBACK and then given back; calls after that fail with
-// sql.ErrConnDone.
-type connTx struct {
-	conn *sql.Conn
-	ctx  context.Context // Begin's: a commit after the request was abandoned fails
-	mu   sync.Mutex
-	done bool
-}
-
-func (t *connTx) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
-	return t.conn.PrepareContext(ctx, query)
-}
-
-func (t *connTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	return t.conn.ExecContext(ctx, query, args...)
-}
-
-func (t *connTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	return t.conn.QueryContext(ctx, query, args...)
-}
-
-func (t *connTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	return t.conn.QueryRowContext(ctx, query, args...)
-}
-
-// finish marks the transaction ended, once.
-func (t *connTx) finish() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.done {
-		return false
-	}
-	t.done = true
-	return true
-}
-
-// Commit commits. PostgreSQL answers a COMMIT of a transaction in which a
-// statement failed with ROLLBACK, not an error; that is reported as an
-// error here, as pgx's own Tx does, so a request never answers success
-// for a write that was rolled back.
-func (t *connTx) Commit() error {
-	if !t.finish() {
-		return sql.ErrTxDone
-	}
-	defer t.conn.Close()
-	return t.conn.Raw(func(dc any) error {
-		c, ok := dc.(interface{ Conn() *pgx.Conn })
-		if !ok {
-			return fmt.Errorf("tenants: commit: driver connection %T is not pgx's", dc)
-		}
-		tag, err := c.Conn().Exec(t.ctx, "COMMIT")
-		if err != nil {
-			return err
-		}
-		if tag.String() == "ROLLBACK" {
-			return pgx.ErrTxCommitRollback
-		}
-		return nil
-	})
-}
-
-// Rollback rolls back, even when the request's context is already done, so
-// the connection goes back to the pool clean; if it cannot, the driver
-// discards the connection (it refuses one with an open transaction).
-func (t *connTx) Rollback() error {
-	if !t.finish() {
-		return sql.ErrTxDone
-	}
-	defer t.conn.Close()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), 5*time.Second)
-	defer cancel()
-	_, err := t.conn.ExecContext(ctx, "ROLLBACK")
-	return err
-}
-
 // WithTx returns a context in which Tx finds tx, opened for tenantID.
 func WithTx(ctx context.Context, tenantID uuid.UUID, tx *gorm.DB) context.Context {
-	return context.WithValue(ctx, txKey{}, scopedTx{tenantID: tenantID, tx: tx, after: &[]func(){}, once: map[any]bool{}, memo: map[any]any{}})
+	return context.WithValue(ctx, txKey{}, scopedTx{tenantID: tenantID, tx: tx, pipe: pipeOf(tx), after: &[]func(){}, once: map[any]bool{}, memo: map[any]any{}})
 }
 
 // AfterCommit runs fn once ctx's transaction has committed, and never if it

@@ -25,6 +25,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -434,17 +435,17 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 	return tenants.Principal{TenantID: tenantID, BoxID: c.BoxID}, nil
 }
 
-// loadCredential reads a live (not revoked) credential.
+// loadCredential reads a live (not revoked) credential. It is the first
+// statement of every box request's transaction, so it goes by
+// tenants.QueryRow, which sends the transaction's BEGIN with it.
 func loadCredential(ctx context.Context, id uuid.UUID) (credential, error) {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return credential{}, err
+	c := credential{ID: id}
+	err := tenants.QueryRow(ctx, `SELECT tenant_id, box_id, public_key, last_seen_at FROM box_credentials WHERE id = $1 AND revoked_at IS NULL`, id).
+		Scan(&c.TenantID, &c.BoxID, &c.PublicKey, &c.LastSeenAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return credential{}, errBadSignature
 	}
-	var c credential
-	if err := tx.Select("tenant_id, id, box_id, public_key, last_seen_at").Where("id = ? AND revoked_at IS NULL", id).Take(&c).Error; err != nil {
-		if errors.Is(err, gorm.ErrRecordNotFound) {
-			return credential{}, errBadSignature
-		}
+	if err != nil {
 		return credential{}, fmt.Errorf("devices: load credential: %w", err)
 	}
 	return c, nil

@@ -54,12 +54,11 @@ type reminderRow struct {
 func (reminderRow) TableName() string { return "booking_reminders" }
 
 // remember records that message id is b's reminder of kind.
+// The row follows its message (outbox.Add) in the transaction's next
+// round trip.
 func (s *Service) remember(ctx context.Context, b Booking, kind string, id uuid.UUID) error {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return err
-	}
-	if err := tx.Create(&reminderRow{TenantID: b.TenantID, OutboxID: id, BookingID: b.ID, Kind: kind, CreatedAt: s.now()}).Error; err != nil {
+	if err := tenants.ExecLater(ctx, `INSERT INTO booking_reminders (tenant_id, outbox_id, booking_id, kind, created_at) VALUES ($1, $2, $3, $4, $5)`,
+		b.TenantID, id, b.ID, kind, s.now()); err != nil {
 		return wrap("record reminder", err)
 	}
 	return nil

@@ -95,7 +95,14 @@ type Sealer interface {
 type Outbox struct {
 	sealer Sealer
 	waker  Waker
+	trace  WriteTracer
 }
+
+// WriteTracer opens the span of one message's write in ctx's transaction
+// and returns its W3C traceparent ("" when ctx is not traced), which the
+// row keeps so the relay and the delivery continue the trace, and the
+// function that ends the span.
+type WriteTracer func(ctx context.Context) (traceparent string, end func(err error))
 
 // Waker tells the relay that messages are waiting. The outbox calls it
 // after the transaction that wrote them has committed, so the relay never
@@ -115,6 +122,9 @@ type Option func(*Outbox)
 // WithWaker wakes the relay on commit; without one the relay finds new
 // rows at its next poll.
 func WithWaker(w Waker) Option { return func(o *Outbox) { o.waker = w } }
+
+// WithWriteTracer makes each write a span (tracing on).
+func WithWriteTracer(t WriteTracer) Option { return func(o *Outbox) { o.trace = t } }
 
 // New returns an outbox sealing payloads with s.
 func New(s Sealer, opts ...Option) *Outbox {
@@ -159,12 +169,11 @@ func sealContext(tenantID, id uuid.UUID) []byte {
 
 // Add writes m in ctx's tenant transaction and returns its id, which later
 // becomes the delivery task's id and the provider's idempotency key.
-func (o *Outbox) Add(ctx context.Context, m Message) (uuid.UUID, error) {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return uuid.Nil, err
+func (o *Outbox) Add(ctx context.Context, m Message) (_ uuid.UUID, err error) {
+	tenantID, ok := tenants.TenantOf(ctx)
+	if !ok {
+		return uuid.Nil, errors.New("outbox: no tenant transaction in context")
 	}
-	tenantID, _ := tenants.TenantOf(ctx)
 	if m.Channel != SMS && m.Channel != Email {
 		return uuid.Nil, fmt.Errorf("outbox: unknown channel %q", m.Channel)
 	}
@@ -216,10 +225,21 @@ func (o *Outbox) Add(ctx context.Context, m Message) (uuid.UUID, error) {
 	if m.TimeZone != "" {
 		tz = &m.TimeZone
 	}
-	rec := record{TenantID: tenantID, ID: id, Kind: m.Kind, Channel: string(m.Channel), Recipient: m.Recipient, Payload: sealed,
-		Language: m.Language, Priority: string(m.Priority), Status: string(Queued), CreatedAt: now, UpdatedAt: now,
-		NotBefore: notBefore, TimeZone: tz}
-	if err := tx.Create(&rec).Error; err != nil {
+	// The row goes with the transaction's next statement or its COMMIT, in
+	// the same round trip (tenants.ExecLater): a booking writes two or
+	// three messages and reads none of them back. A failure still fails
+	// the transaction.
+	var traceParent *string
+	if o.trace != nil {
+		tp, end := o.trace(ctx)
+		defer func() { end(err) }()
+		if tp != "" {
+			traceParent = &tp
+		}
+	}
+	if err := tenants.ExecLater(ctx, `INSERT INTO outbox (tenant_id, id, kind, channel, recipient, payload, language, priority, status, created_at, updated_at, not_before, time_zone, trace_parent)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+		tenantID, id, m.Kind, string(m.Channel), m.Recipient, sealed, m.Language, string(m.Priority), string(Queued), now, now, notBefore, tz, traceParent); err != nil {
 		return uuid.Nil, fmt.Errorf("outbox: insert: %w", err)
 	}
 	if o.waker != nil {

@@ -1,0 +1,210 @@
+package tenants_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/keyrelay/keyrelay/tenants"
+)
+
+// TestQueryRow: the pgx path sees the tenant's rows only, on the
+// transaction's connection, whether it is the first statement (carrying
+// BEGIN and the setting) or comes after GORM's.
+func TestQueryRow(t *testing.T) {
+	_, scope := openApp(t, 2)
+	ctx := testCtx(t)
+	a, b := newTenant(t, 3), newTenant(t, 2)
+	for _, tn := range []tenant{a, b} {
+		err := scope.Do(ctx, tn.ID, func(ctx context.Context) error {
+			var n int
+			var setting string
+			if err := tenants.QueryRow(ctx, "SELECT count(*), current_setting('app.tenant_id') FROM users").Scan(&n, &setting); err != nil {
+				return err
+			}
+			if n != len(tn.Users) || setting != tn.ID.String() {
+				t.Errorf("first statement: %d users, setting %q; want %d, %s", n, setting, len(tn.Users), tn.ID)
+			}
+			// The same transaction: GORM's statement sees the same backend,
+			// and so does the next QueryRow.
+			var gormPid, pgxPid int
+			if err := mustTx(t, ctx).Raw("SELECT pg_backend_pid()").Scan(&gormPid).Error; err != nil {
+				return err
+			}
+			if err := tenants.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pgxPid); err != nil {
+				return err
+			}
+			if gormPid != pgxPid {
+				t.Errorf("GORM ran on backend %d, QueryRow on %d", gormPid, pgxPid)
+			}
+			var id uuid.UUID
+			err := tenants.QueryRow(ctx, "SELECT id FROM users WHERE id = $1", uuid.New()).Scan(&id)
+			if !errors.Is(err, sql.ErrNoRows) {
+				t.Errorf("no row: %v, want sql.ErrNoRows", err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another tenant's row by its id: RLS hides it.
+	err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+		var name string
+		err := tenants.QueryRow(ctx, "SELECT name FROM users WHERE id = $1", b.Users[0]).Scan(&name)
+		if !errors.Is(err, sql.ErrNoRows) {
+			t.Errorf("tenant a read tenant b's user: %q %v", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExecLater: a queued write commits with the transaction, is visible
+// to the transaction's later statements (GORM's and QueryRow's), goes
+// with a rollback, and when it fails the commit fails and nothing of the
+// transaction is written.
+func TestExecLater(t *testing.T) {
+	db, scope := openApp(t, 1)
+	ctx := testCtx(t)
+	a := newTenant(t, 1)
+	insert := func(ctx context.Context, id uuid.UUID) error {
+		return tenants.ExecLater(ctx, "INSERT INTO users (tenant_id, id, name, email, role) VALUES ($1, $2, 'Later', $3, 'staff')",
+			a.ID, id, "later-"+id.String()[:8]+"@example.com")
+	}
+	count := func(id uuid.UUID) int { return ownerCount(t, "SELECT count(*) FROM users WHERE id = $1", id) }
+
+	t.Run("Commits", func(t *testing.T) {
+		id := uuid.New()
+		if err := scope.Do(ctx, a.ID, func(ctx context.Context) error { return insert(ctx, id) }); err != nil {
+			t.Fatal(err)
+		}
+		if count(id) != 1 {
+			t.Fatal("the queued write did not commit")
+		}
+	})
+
+	t.Run("SeenByLaterStatements", func(t *testing.T) {
+		first, second := uuid.New(), uuid.New()
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if err := insert(ctx, first); err != nil {
+				return err
+			}
+			var n int64
+			if err := mustTx(t, ctx).Raw("SELECT count(*) FROM users WHERE id = ?", first).Scan(&n).Error; err != nil {
+				return err
+			}
+			if n != 1 {
+				t.Errorf("GORM's statement after the queued write sees %d rows", n)
+			}
+			if err := insert(ctx, second); err != nil {
+				return err
+			}
+			var m int
+			if err := tenants.QueryRow(ctx, "SELECT count(*) FROM users WHERE id = ANY($1)", []uuid.UUID{first, second}).Scan(&m); err != nil {
+				return err
+			}
+			if m != 2 {
+				t.Errorf("QueryRow after the queued writes sees %d rows", m)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("RolledBack", func(t *testing.T) {
+		id := uuid.New()
+		boom := errors.New("boom")
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if err := insert(ctx, id); err != nil {
+				return err
+			}
+			return boom
+		})
+		if !errors.Is(err, boom) || count(id) != 0 {
+			t.Fatalf("Do: %v; %d rows", err, count(id))
+		}
+	})
+
+	t.Run("FailedWriteFailsCommit", func(t *testing.T) {
+		written, dup := uuid.New(), a.Users[0]
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if err := insertUser(mustTx(t, ctx), a.ID, written); err != nil {
+				return err
+			}
+			return insert(ctx, dup) // a primary key that exists
+		})
+		wantCode(t, err, "23505")
+		if count(written) != 0 {
+			t.Error("the transaction committed without its queued write")
+		}
+		// The pool's one connection is back, clean, outside any transaction.
+		if s, _ := setting(t, ctx, db); s != "" {
+			t.Errorf("app.tenant_id = %q after the failed commit", s)
+		}
+		if err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			var n int
+			return tenants.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n)
+		}); err != nil {
+			t.Fatalf("the next transaction: %v", err)
+		}
+	})
+
+	t.Run("FailedWriteFailsNextStatement", func(t *testing.T) {
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if err := insert(ctx, a.Users[0]); err != nil {
+				return err
+			}
+			var n int
+			return tenants.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n)
+		})
+		wantCode(t, err, "23505")
+	})
+
+	t.Run("OtherTenantRefused", func(t *testing.T) {
+		other := newTenant(t, 0)
+		err := scope.Do(ctx, other.ID, func(ctx context.Context) error {
+			return tenants.ExecLater(ctx, "INSERT INTO users (tenant_id, id, name, email, role) VALUES ($1, $2, 'X', 'x@example.com', 'staff')", a.ID, uuid.New())
+		})
+		wantCode(t, err, "42501") // RLS's WITH CHECK
+	})
+}
+
+// TestNothingSent: a transaction that ran no statement commits and rolls
+// back without a round trip, and leaves the connection as it was.
+func TestNothingSent(t *testing.T) {
+	db, scope := openApp(t, 1)
+	ctx := testCtx(t)
+	a := newTenant(t, 1)
+	_, pid := setting(t, ctx, db)
+	for _, fail := range []bool{false, true} {
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if fail {
+				return pgx.ErrTxClosed
+			}
+			return nil
+		})
+		if fail != (err != nil) {
+			t.Fatalf("Do (fail %v): %v", fail, err)
+		}
+	}
+	if s, p := setting(t, ctx, db); s != "" || p != pid {
+		t.Errorf("after empty transactions: setting %q, pid %d (want %d)", s, p, pid)
+	}
+	ids := []uuid.UUID{}
+	if err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+		ids = userIDs(t, mustTx(t, ctx), a.ID)
+		return nil
+	}); err != nil || !slices.Equal(ids, a.Users) {
+		t.Fatalf("then a statement: %v %v", ids, err)
+	}
+}
