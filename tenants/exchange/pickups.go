@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,21 +76,17 @@ type grant struct {
 // grantByCode finds the booking a code opens: the live one when the code
 // (an alias) served several bookings in turn, else the newest.
 func grantByCode(ctx context.Context, hash []byte, now time.Time) (grant, bool, error) {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return grant{}, false, err
-	}
 	var g grant
-	err = tx.Raw(`SELECT b.id AS booking_id, b.key_id, k.name AS key_name, b.starts_at, b.ends_at, b.revoked_at,
-			(b.hold AND b.released_at IS NULL) AS held, k.state AS key_state, k.box_id AS key_box_id, k.bin AS key_bin,
-			b.locked_at IS NOT NULL AS locked
+	err := tenants.QueryRow(ctx, `SELECT b.id, b.key_id, k.name, b.starts_at, b.ends_at, b.revoked_at,
+			(b.hold AND b.released_at IS NULL), k.state, k.box_id, k.bin, b.locked_at IS NOT NULL
 		FROM codes c
 		JOIN bookings b ON b.tenant_id = c.tenant_id AND b.code_id = c.id
 		JOIN keys k ON k.tenant_id = b.tenant_id AND k.id = b.key_id AND k.deleted_at IS NULL
-		WHERE c.code_hash = ? AND c.freed_at IS NULL
-		ORDER BY (b.revoked_at IS NULL AND NOT (b.hold AND b.released_at IS NULL) AND b.starts_at <= ? AND (b.ends_at IS NULL OR b.ends_at > ?)) DESC, b.id DESC
-		LIMIT 1`, hash, now, now).Take(&g).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) {
+		WHERE c.code_hash = $1 AND c.freed_at IS NULL
+		ORDER BY (b.revoked_at IS NULL AND NOT (b.hold AND b.released_at IS NULL) AND b.starts_at <= $2 AND (b.ends_at IS NULL OR b.ends_at > $2)) DESC, b.id DESC
+		LIMIT 1`, hash, now).
+		Scan(&g.BookingID, &g.KeyID, &g.KeyName, &g.StartsAt, &g.EndsAt, &g.RevokedAt, &g.Held, &g.KeyState, &g.KeyBoxID, &g.KeyBin, &g.Locked)
+	if errors.Is(err, sql.ErrNoRows) {
 		return grant{}, false, nil
 	}
 	if err != nil {
@@ -114,53 +111,38 @@ func (g grant) refusal(now time.Time) string {
 }
 
 func (s *Service) pickupByCode(ctx context.Context, p tenants.Principal, code string, boxTime *time.Time) (Result, error) {
-	// Count the attempt at this box before answering: a guesser's burst is
-	// cut at the box's limit whatever the codes (guard.BoxCooldown). The
-	// count (Redis) runs while the code is looked up (PostgreSQL): the
-	// lookup changes nothing and its result is used only once the attempt
-	// is allowed, so this is the same rule in one round trip less.
-	type begun struct {
-		att *guard.Attempt
-		err error
-	}
-	counted := make(chan begun, 1)
-	go func() {
-		att, err := s.guard.Begin(ctx, guard.BoxCooldown, boxKey(p))
-		counted <- begun{att, err}
-	}()
 	now := s.now()
 	var g grant
-	var found bool
-	var lookupErr error
+	found := false
 	if digitsOnly(code) && len(code) >= 6 && len(code) <= 16 {
-		g, found, lookupErr = grantByCode(ctx, bookings.CodeHash(s.keys, p.TenantID, code), now)
-	}
-	b := <-counted
-	if b.err != nil {
-		return Result{}, b.err
-	}
-	att := b.att
-	if lookupErr != nil {
-		return Result{}, lookupErr // the attempt stays counted: the conservative side
-	}
-	fail := func(reason string, details map[string]string) (Result, error) {
-		if err := s.failedAtBox(ctx, p, att); err != nil {
+		var err error
+		if g, found, err = grantByCode(ctx, bookings.CodeHash(s.keys, p.TenantID, code), now); err != nil {
 			return Result{}, err
+		}
+	}
+	// A right code at the wrong box counts like a wrong one: it tells the
+	// caller that the code is live somewhere.
+	wrongBox := found && g.KeyState == "in_bin" && g.KeyBoxID != nil && *g.KeyBoxID != p.BoxID
+	// Every attempt at the box passes the box's limit before anything of
+	// its outcome is answered, so a guesser's burst is cut at the limit
+	// whatever the codes (guard.BoxCooldown); a box in its cool-down
+	// refuses a right code too. The code was looked up first so that the
+	// outcome is counted in one round trip (guard.Count).
+	reached, err := s.guard.Count(ctx, guard.BoxCooldown, boxKey(p), !found || wrongBox)
+	if err != nil {
+		return Result{}, err
+	}
+	if !found || wrongBox {
+		if err := s.cooledDown(ctx, p, reached); err != nil {
+			return Result{}, err
+		}
+		reason, details := UnknownCode, map[string]string(nil)
+		if found {
+			reason, details = WrongBox, map[string]string{"booking": g.BookingID.String(), "key": g.KeyID.String()}
 		}
 		return denied(reason), s.record(ctx, p, "pickup.denied", "code", boxTime, mergeDetails(details, map[string]string{"reason": reason}))
 	}
-	if !found {
-		return fail(UnknownCode, nil)
-	}
 	details := map[string]string{"booking": g.BookingID.String(), "key": g.KeyID.String()}
-	// A right code at the wrong box counts like a wrong one: it tells the
-	// caller that the code is live somewhere.
-	if g.KeyState == "in_bin" && g.KeyBoxID != nil && *g.KeyBoxID != p.BoxID {
-		return fail(WrongBox, details)
-	}
-	if err := att.Succeeded(ctx); err != nil {
-		return Result{}, err
-	}
 	reason := g.refusal(now)
 	if reason == "" && g.Locked {
 		reason = Locked
@@ -185,7 +167,13 @@ func (s *Service) failedAtBox(ctx context.Context, p tenants.Principal, att *gua
 	if err := att.Failed(ctx); err != nil {
 		return err
 	}
-	if !att.Reached() {
+	return s.cooledDown(ctx, p, att.Reached())
+}
+
+// cooledDown alerts the tenant's admins and audits when reached: the
+// failure just counted put the box into its cool-down.
+func (s *Service) cooledDown(ctx context.Context, p tenants.Principal, reached bool) error {
+	if !reached {
 		return nil
 	}
 	n := guard.BoxCooldown.Hard

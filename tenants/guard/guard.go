@@ -218,6 +218,23 @@ if n > free then
 end
 return {n, 0}`)
 
+	// count is Count: refuse while the window's failures are used up
+	// ({-2, the window's TTL}), without counting; else count a failure
+	// (starting the window on its first, as begin does) and answer {n, 0},
+	// or for a success reset the counter, or leave it under KeepOnSuccess,
+	// and answer {0, 0}. KEYS: counter. ARGV: Hard, Window ms, failed
+	// (1 or 0), keep on success (1 or 0).
+	count = redis.NewScript(`
+local c = tonumber(redis.call('get', KEYS[1]) or '0')
+if c >= tonumber(ARGV[1]) then return {-2, redis.call('pttl', KEYS[1])} end
+if ARGV[3] == '1' then
+  local n = redis.call('incr', KEYS[1])
+  if n == 1 then redis.call('pexpire', KEYS[1], ARGV[2]) end
+  return {n, 0}
+end
+if ARGV[4] ~= '1' then redis.call('del', KEYS[1]) end
+return {0, 0}`)
+
 	// peek reads a subject without counting: {failures, lock TTL, window
 	// TTL}. KEYS: lock, counter.
 	peek = redis.NewScript(`
@@ -342,6 +359,48 @@ func (a *Attempt) Succeeded(ctx context.Context) error {
 		return unavailable(err)
 	}
 	return nil
+}
+
+// Count records the outcome of a secret the caller has already checked,
+// in one round trip where Begin and Failed or Succeeded take two. It is
+// for rules without delays (Free >= Hard: BoxCooldown), where counting
+// after the check bounds what a guesser learns exactly as counting before
+// it does, provided the caller reveals the outcome only when Count
+// allows it: each outcome passes through this one atomic script, which
+// refuses (tenants.RateLimited, cause ErrHardLimit) once the window holds
+// Hard failures, whatever the outcome, so no more than Hard failures per
+// window are ever answered, however many guesses run in parallel. A rule
+// with delays needs Begin: its lock lets one attempt at a time check the
+// secret.
+//
+// reached reports that this failure is the one that used the window up:
+// exactly one per window is, for alerting once.
+func (g *Guard) Count(ctx context.Context, r Rule, key string, failed bool) (reached bool, err error) {
+	if err := r.validate(); err != nil {
+		return false, err
+	}
+	if r.Free < r.Hard {
+		return false, fmt.Errorf("guard: rule %s has delays; use Begin", r.Name)
+	}
+	k := g.keysFor("count", r.Name, key)
+	flag := func(b bool) int {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	res, err := count.Run(ctx, g.rdb, []string{k.full}, r.Hard, ms(r.Window), flag(failed), flag(r.KeepOnSuccess)).Int64Slice()
+	if err != nil || len(res) != 2 {
+		return false, unavailable(fmt.Errorf("guard: count: %v %w", res, err))
+	}
+	switch n := res[0]; {
+	case n == -2:
+		return false, refused(msgHard, orSecond(time.Duration(res[1])*time.Millisecond), ErrHardLimit)
+	case n < 0 || (failed && n < 1):
+		return false, unavailable(fmt.Errorf("guard: count answered %d", n))
+	default:
+		return failed && int(n) >= r.Hard, nil
+	}
 }
 
 // Reset clears a subject's counter and lockout, e.g. after a password reset

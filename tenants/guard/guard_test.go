@@ -707,3 +707,85 @@ func TestReachedOnce(t *testing.T) {
 		t.Fatalf("%d attempts reached the limit, want exactly 1", n)
 	}
 }
+
+// TestCount: counting after the check. A burst of 50 parallel wrong
+// guesses gets exactly Hard outcomes through and one "reached"; then every
+// outcome, a right one too, is refused until the window ends; successes
+// before that leave the failures (KeepOnSuccess) or clear them; a rule with
+// delays is refused; Count and Begin read one counter.
+func TestCount(t *testing.T) {
+	ctx := context.Background()
+	g, _ := newGuard(t)
+
+	t.Run("burst", func(t *testing.T) {
+		r := Rule{Name: "t-count", Free: 20, Hard: 20, Window: time.Minute, KeepOnSuccess: true}
+		var answered, reached, refusedHard atomic.Int32
+		var wg sync.WaitGroup
+		for range 50 {
+			wg.Go(func() {
+				hit, err := g.Count(ctx, r, "box", true)
+				switch {
+				case err == nil:
+					answered.Add(1)
+					if hit {
+						reached.Add(1)
+					}
+				case errors.Is(err, ErrHardLimit) && tenants.ErrorCode(err) == tenants.ERateLimited:
+					refusedHard.Add(1)
+				default:
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if answered.Load() != 20 || reached.Load() != 1 || refusedHard.Load() != 30 {
+			t.Fatalf("%d answered, %d reached, %d refused; want 20, 1, 30", answered.Load(), reached.Load(), refusedHard.Load())
+		}
+		if _, err := g.Count(ctx, r, "box", false); !errors.Is(err, ErrHardLimit) {
+			t.Fatalf("a right code during the cool-down: %v, want refused", err)
+		}
+		if _, wait, _ := g.Peek(ctx, r, "box"); !near(wait, time.Minute, 5*time.Second) {
+			t.Fatalf("refused for %v, want the window's minute", wait)
+		}
+	})
+
+	t.Run("successes", func(t *testing.T) {
+		keep := Rule{Name: "t-count-keep", Free: 5, Hard: 5, Window: time.Minute, KeepOnSuccess: true}
+		reset := Rule{Name: "t-count-reset", Free: 5, Hard: 5, Window: time.Minute}
+		for _, r := range []Rule{keep, reset} {
+			for range 3 {
+				if _, err := g.Count(ctx, r, "s", true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if hit, err := g.Count(ctx, r, "s", false); err != nil || hit {
+				t.Fatalf("%s: success: %v %v", r.Name, hit, err)
+			}
+			n, _, err := g.Peek(ctx, r, "s")
+			want := 3
+			if !r.KeepOnSuccess {
+				want = 0
+			}
+			if err != nil || n != want {
+				t.Fatalf("%s: %d failures after a success, want %d", r.Name, n, want)
+			}
+		}
+	})
+
+	t.Run("shared with Begin", func(t *testing.T) {
+		r := Rule{Name: "t-count-begin", Free: 2, Hard: 2, Window: time.Minute, KeepOnSuccess: true}
+		fail(t, g, r, "x")
+		if hit, err := g.Count(ctx, r, "x", true); err != nil || !hit {
+			t.Fatalf("second failure by Count: %v %v, want reached", hit, err)
+		}
+		if _, err := g.Begin(ctx, r, "x"); !errors.Is(err, ErrHardLimit) {
+			t.Fatalf("Begin after Count used the window up: %v", err)
+		}
+	})
+
+	t.Run("delays need Begin", func(t *testing.T) {
+		if _, err := g.Count(ctx, PIN, "y", true); err == nil {
+			t.Fatal("Count accepted a rule with delays")
+		}
+	})
+}
