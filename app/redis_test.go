@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -22,8 +23,12 @@ func TestParseRedisURL(t *testing.T) {
 				if rt.mode != redisSingle || rt.single.Addr != "127.0.0.1:6379" || rt.single.DB != 5 {
 					t.Fatalf("got %+v", rt)
 				}
-				if _, ok := rt.client().(*redis.Client); !ok {
+				c, ok := rt.client().(*redis.Client)
+				if !ok {
 					t.Fatalf("client %T, want *redis.Client", rt.client())
+				}
+				if c.Options().Protocol != 2 {
+					t.Errorf("protocol %d, want RESP2 unless the URL asks", c.Options().Protocol)
 				}
 				if o, ok := rt.queueOpt().(asynq.RedisClientOpt); !ok || o.Addr != "127.0.0.1:6379" || o.DB != 5 {
 					t.Fatalf("queue %+v", rt.queueOpt())
@@ -136,6 +141,37 @@ func TestParseRedisURL(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestRedisProtocol: RESP2 by default; a single-node URL may ask for
+// RESP3, and the client then speaks it to the real server.
+func TestRedisProtocol(t *testing.T) {
+	for _, tc := range []struct {
+		url  string
+		want int
+	}{
+		{fmt.Sprintf("redis://127.0.0.1:6379/%d", testRedisDB), 2},
+		{fmt.Sprintf("redis://127.0.0.1:6379/%d?protocol=3", testRedisDB), 3},
+	} {
+		rt, err := parseRedisURL(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := rt.client().(*redis.Client)
+		if c.Options().Protocol != tc.want {
+			t.Errorf("%s: protocol %d, want %d", tc.url, c.Options().Protocol, tc.want)
+		}
+		hello, err := c.Do(context.Background(), "HELLO").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// HELLO answers a map under RESP3 and a flat list under RESP2.
+		_, isMap := hello.(map[any]any)
+		if isMap != (tc.want == 3) {
+			t.Errorf("%s: HELLO answered %T", tc.url, hello)
+		}
+		c.Close()
+	}
 }
 
 // TestReplicatedScripts: a script (an enqueue) that no replica
