@@ -16,9 +16,10 @@ func TestScriptVariables(t *testing.T) {
 	id := uuid.New()
 	re := regexp.MustCompile(`(?:^|[^:]):'?([A-Za-z_][A-Za-z0-9_]*)`) // "::type" is a cast, left alone
 	for name, s := range map[string]string{
-		"create":          createScript(id, id, id, "krk_secret", false),
-		"create+webhooks": createScript(id, id, id, "krk_secret", true),
-		"pickup":          pickupScript(id, id, id, id, id, []byte{1, 2, 3}, 4),
+		"create":           createScript(id, id, id, "krk_secret", false),
+		"create+webhooks":  createScript(id, id, id, "krk_secret", true),
+		"pickup":           pickupScript(id, id, id, id, id, []byte{1, 2, 3}, 4, false),
+		"pickup pipelined": pickupScript(id, id, id, id, id, []byte{1, 2, 3}, 4, true),
 	} {
 		defined := map[string]bool{}
 		for _, m := range regexp.MustCompile(`\\set (\w+)|AS (\w+) \\gset`).FindAllStringSubmatch(s, -1) {
@@ -29,7 +30,8 @@ func TestScriptVariables(t *testing.T) {
 				t.Errorf("%s: pgbench would read :%s as a variable", name, m[1])
 			}
 		}
-		if !strings.HasPrefix(strings.TrimSpace(strings.SplitN(s, "\n", 2)[0]), `\set`) && !strings.HasPrefix(s, "BEGIN;") {
+		first := strings.TrimSpace(strings.SplitN(strings.TrimPrefix(s, "\\startpipeline\n"), "\n", 2)[0])
+		if !strings.HasPrefix(first, `\set`) && first != "BEGIN;" {
 			t.Errorf("%s: does not open its transaction first", name)
 		}
 	}

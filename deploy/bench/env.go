@@ -42,6 +42,7 @@ type env struct {
 	dir       string         // binaries, logs, pgbench scripts
 	baseURL   string
 	server    *exec.Cmd
+	pprofAddr string    // -profile: the server's metrics address, with the profiler
 	worker    *exec.Cmd // -workers between-runs: running only while draining
 	bin, root string
 	serverEnv []string
@@ -142,6 +143,12 @@ func (e *env) startServer(ctx context.Context) error {
 		"KEYRELAY_AUTH_RATE_LIMIT=100000-M",
 		"KEYRELAY_WORKERS="+map[string]string{"inprocess": "inprocess", "between-runs": "separate"}[e.o.workers],
 	)
+	if e.o.profile != "" {
+		if e.pprofAddr, err = freeAddr(); err != nil {
+			return err
+		}
+		e.server.Env = append(e.server.Env, "KEYRELAY_METRICS_LISTEN="+e.pprofAddr, "KEYRELAY_METRICS_PPROF=true")
+	}
 	e.serverEnv = e.server.Env
 	if e.o.verbose {
 		e.server.Stdout, e.server.Stderr = os.Stderr, os.Stderr

@@ -21,6 +21,27 @@ type httpRun struct {
 	m     vegeta.Metrics
 	wrong int // answered, but not what the scenario expects (status or body)
 	first string
+	cpu   string // where the machine's CPU went, per good answer
+}
+
+// measured runs the attack with CPU accounting; server is the pid of the
+// process under test.
+func measured(server int, run func() httpRun) httpRun {
+	before := sampleCPU(cpuRoles{server: server})
+	r := run()
+	r.cpu = perTransaction(before, sampleCPU(cpuRoles{server: server}), r.good())
+	return r
+}
+
+// cpuLines lists the runs' CPU accounting under their table.
+func cpuLines(rs []httpRun) string {
+	out := "\nCPU per good answer (all processes on the machine; `server` is the process answering):\n"
+	for _, r := range rs {
+		if r.cpu != "" {
+			out += fmt.Sprintf("\n- %s: %s", r.name, r.cpu)
+		}
+	}
+	return out
 }
 
 // attack runs tr at rate (0: max rate with workers workers) for d, and
@@ -52,13 +73,15 @@ func attack(name string, tr vegeta.Targeter, rate, workers int, d time.Duration,
 	return r
 }
 
-// goodPerSecond is the rate of answers that were what the scenario wants.
+// good is the number of answers that were what the scenario wants.
+func (r httpRun) good() int { return int(float64(r.m.Requests)*r.m.Success+0.5) - r.wrong }
+
+// goodPerSecond is their rate.
 func (r httpRun) goodPerSecond() float64 {
-	good := float64(r.m.Requests)*r.m.Success - float64(r.wrong)
 	if r.m.Duration+r.m.Wait <= 0 {
 		return 0
 	}
-	return good / (r.m.Duration + r.m.Wait).Seconds()
+	return float64(r.good()) / (r.m.Duration + r.m.Wait).Seconds()
 }
 
 func (r httpRun) line() string {
@@ -91,6 +114,7 @@ type pgbenchRun struct {
 	latency float64 // average, ms
 	failed  int
 	txs     int
+	cpu     string // where the machine's CPU went, per transaction
 }
 
 var (
@@ -102,19 +126,24 @@ var (
 
 // pgbench runs the scripts (chosen at random per transaction, as pgbench
 // does with several -f) as the application role.
-func (e *env) pgbench(scripts []string) (pgbenchRun, error) {
+func (e *env) pgbench(scripts []string) (r pgbenchRun, err error) {
 	args := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(e.o.clients), "-j", "2", "-T", strconv.Itoa(int(e.o.duration.Seconds()))}
 	for _, s := range scripts {
 		args = append(args, "-f", s)
 	}
 	args = append(args, e.pgbenchConn()...)
+	before := sampleCPU(cpuRoles{})
+	defer func() {
+		if r.txs > 0 {
+			r.cpu = perTransaction(before, sampleCPU(cpuRoles{}), r.txs)
+		}
+	}()
 	cmd := exec.Command("pgbench", args...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, io.MultiWriter(&out, errorsOnly{})
 	if err := cmd.Run(); err != nil {
 		return pgbenchRun{}, fmt.Errorf("pgbench: %w\n%s", err, truncate(out.String(), 4000))
 	}
-	var r pgbenchRun
 	text := out.String()
 	m := reTPS.FindStringSubmatch(text)
 	if m == nil {

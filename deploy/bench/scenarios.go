@@ -82,10 +82,17 @@ func benchCreate(ctx context.Context, e *env) (section, error) {
 			return sec, err
 		}
 		pgTPS = append(pgTPS, r.tps)
-		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions", i+1, r.tps, r.latency, r.txs))
+		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions; CPU per transaction: %s", i+1, r.tps, r.latency, r.txs, r.cpu))
 		e.drain(ctx, web.ID)
 		step("create: HTTP max rate run %d (%d workers)", i+1, e.o.clients)
-		h := attack(fmt.Sprintf("HTTP max %d", i+1), tr, 0, e.o.clients, e.o.duration, created)
+		profiled := func() {}
+		if i == 0 {
+			profiled = e.profiling("create", e.o.duration-time.Second)
+		}
+		h := measured(e.server.Process.Pid, func() httpRun {
+			return attack(fmt.Sprintf("HTTP max %d", i+1), tr, 0, e.o.clients, e.o.duration, created)
+		})
+		profiled()
 		webRPS = append(webRPS, h.goodPerSecond())
 		maxRuns = append(maxRuns, h)
 	}
@@ -99,6 +106,7 @@ func benchCreate(ctx context.Context, e *env) (section, error) {
 	for _, r := range append(maxRuns, rateRuns...) {
 		sec.add("%s", r.line())
 	}
+	sec.add("%s", cpuLines(maxRuns))
 	ratio := mean(webRPS) / mean(pgTPS)
 	sec.judge("create throughput HTTP/pgbench", fmt.Sprintf("%.0f/s vs %.0f tps = %.0f%%", mean(webRPS), mean(pgTPS), 100*ratio), ">= 50%", ratio >= 0.5)
 	p99 := worstP99(rateRuns)
@@ -163,11 +171,17 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 			pairs = append(pairs, pickupPair{site: &s, cred: cred, keyID: k, booking: bk, bin: i + 1})
 		}
 	}
-	var scripts []string
+	var scripts, pipelinedScripts []string
 	for _, p := range pairs {
-		scripts = append(scripts, pickupScript(t.ID, p.cred, p.site.boxID, p.keyID, p.booking.ID, bookings.CodeHash(e.box, t.ID, p.booking.Code), p.bin))
+		hash := bookings.CodeHash(e.box, t.ID, p.booking.Code)
+		scripts = append(scripts, pickupScript(t.ID, p.cred, p.site.boxID, p.keyID, p.booking.ID, hash, p.bin, false))
+		pipelinedScripts = append(pipelinedScripts, pickupScript(t.ID, p.cred, p.site.boxID, p.keyID, p.booking.ID, hash, p.bin, true))
 	}
 	files, err := e.writeScripts("pickup", scripts)
+	if err != nil {
+		return sec, err
+	}
+	pipelinedFiles, err := e.writeScripts("pickup-pipelined", pipelinedScripts)
 	if err != nil {
 		return sec, err
 	}
@@ -221,7 +235,7 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 	attack("warm-up", targeter(e.baseURL, 0), 200, 4, 3*time.Second, opened)
 	attack("warm-up", targeter("http://"+bareAddr, 0), 200, 4, 2*time.Second, opened)
 	e.drain(ctx, t.ID)
-	var pgTPS, webRPS, bareRPS []float64
+	var pgTPS, pipTPS, webRPS, bareRPS []float64
 	var pgLines []string
 	var runs, rateRuns, bareRate []httpRun
 	for i := range e.o.runs {
@@ -231,20 +245,42 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 			return sec, err
 		}
 		pgTPS = append(pgTPS, r.tps)
-		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions", i+1, r.tps, r.latency, r.txs))
+		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions; CPU per transaction: %s", i+1, r.tps, r.latency, r.txs, r.cpu))
+		if e.o.pipelined {
+			step("pickup: pgbench run %d, pipelined", i+1)
+			r, err := e.pgbench(pipelinedFiles)
+			if err != nil {
+				return sec, err
+			}
+			pipTPS = append(pipTPS, r.tps)
+			pgLines = append(pgLines, fmt.Sprintf("- run %d in the server's three round trips (`\\startpipeline`): %.0f tps, latency average %.2f ms; CPU per transaction: %s", i+1, r.tps, r.latency, r.cpu))
+		}
 		step("pickup: HTTP max rate run %d", i+1)
-		h := attack(fmt.Sprintf("keyrelay max %d", i+1), real(0), 0, e.o.clients, e.o.duration, opened)
+		tr := real(0) // signed before the run and its CPU accounting start
+		profiled := func() {}
+		if i == 0 {
+			profiled = e.profiling("pickup", e.o.duration-time.Second)
+		}
+		h := measured(e.server.Process.Pid, func() httpRun {
+			return attack(fmt.Sprintf("keyrelay max %d", i+1), tr, 0, e.o.clients, e.o.duration, opened)
+		})
+		profiled()
 		webRPS = append(webRPS, h.goodPerSecond())
 		step("pickup: bare Fiber max rate run %d", i+1)
-		b := attack(fmt.Sprintf("bare Fiber max %d", i+1), bare(0), 0, e.o.clients, e.o.duration, opened)
+		btr := bare(0)
+		b := measured(e.bare.Process.Pid, func() httpRun {
+			return attack(fmt.Sprintf("bare Fiber max %d", i+1), btr, 0, e.o.clients, e.o.duration, opened)
+		})
 		bareRPS = append(bareRPS, b.goodPerSecond())
 		runs = append(runs, h, b)
 	}
 	for i := range e.o.runs {
 		step("pickup: HTTP %d/s run %d", e.o.pickupRate, i+1)
-		rateRuns = append(rateRuns, attack(fmt.Sprintf("keyrelay %d/s %d", e.o.pickupRate, i+1), real(e.o.pickupRate), e.o.pickupRate, 16, e.o.duration, opened))
+		rtr := real(e.o.pickupRate)
+		rateRuns = append(rateRuns, attack(fmt.Sprintf("keyrelay %d/s %d", e.o.pickupRate, i+1), rtr, e.o.pickupRate, 16, e.o.duration, opened))
 		step("pickup: bare Fiber %d/s run %d", e.o.pickupRate, i+1)
-		bareRate = append(bareRate, attack(fmt.Sprintf("bare Fiber %d/s %d", e.o.pickupRate, i+1), bare(e.o.pickupRate), e.o.pickupRate, 16, e.o.duration, opened))
+		btr := bare(e.o.pickupRate)
+		bareRate = append(bareRate, attack(fmt.Sprintf("bare Fiber %d/s %d", e.o.pickupRate, i+1), btr, e.o.pickupRate, 16, e.o.duration, opened))
 	}
 	sec.add("pgbench `-n -M prepared -c %d -j 2 -T %d`, %d scripts (one per box and code), as keyrelay_app:\n", e.o.clients, int(e.o.duration.Seconds()), len(files))
 	sec.lines = append(sec.lines, pgLines...)
@@ -252,8 +288,12 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 	for _, r := range append(append(runs, rateRuns...), bareRate...) {
 		sec.add("%s", r.line())
 	}
+	sec.add("%s", cpuLines(runs))
 	ratio := mean(webRPS) / mean(pgTPS)
 	sec.add("\nbare Fiber max rate: %.0f/s; keyrelay reaches %.0f%% of it", mean(bareRPS), 100*mean(webRPS)/mean(bareRPS))
+	if len(pipTPS) > 0 {
+		sec.add("keyrelay against pgbench in the server's round trips: %.0f/s vs %.0f tps = %.0f%%", mean(webRPS), mean(pipTPS), 100*mean(webRPS)/mean(pipTPS))
+	}
 	sec.judge("pickup throughput HTTP/pgbench", fmt.Sprintf("%.0f/s vs %.0f tps = %.0f%%", mean(webRPS), mean(pgTPS), 100*ratio), ">= 60%", ratio >= 0.6)
 	p99 := worstP99(rateRuns)
 	sec.judge(fmt.Sprintf("pickup p99 at %d/s", e.o.pickupRate), ms(p99)+allGood(rateRuns), "< 15 ms", p99 < 15*time.Millisecond && allGood(rateRuns) == "")

@@ -41,10 +41,10 @@ SELECT id FROM bookings WHERE key_id = '{K}' AND kind = 'one_time' AND revoked_a
 INSERT INTO "bookings" ("tenant_id","id","key_id","kind","visitor_name","visitor_phone","visitor_email","notify_via","starts_at","ends_at","live_from","return_reminder","code_id","alias_code_id","url_token_hash","url_token_sealed","hold","released_at","sent_at","resent_at","revoked_at","created_by","created_at","updated_at") VALUES ('{T}', gen_random_uuid(), '{K}', 'one_time', 'Vic Visitor', '+14155550199', 'vic@example.com', 'sms', timestamptz '2100-01-01' + :slot * interval '1 minute', timestamptz '2100-01-01' + (:slot + 1) * interval '1 minute', timestamptz '2100-01-01' + :slot * interval '1 minute', true, :code_id, NULL, sha256(random()::text::bytea), sha512(random()::text::bytea) || substring(sha256(random()::text::bytea) from 1 for 7), false, NULL, now(), NULL, NULL, 'api_key:' || '{A}', now(), now()) ON CONFLICT DO NOTHING RETURNING id AS booking_id \gset
 SELECT name FROM tenants WHERE tenant_id = '{T}';
 SELECT default_language, to_char(quiet_hours_start, 'HH24:' || 'MI') AS quiet_hours_start, to_char(quiet_hours_end, 'HH24:' || 'MI') AS quiet_hours_end FROM tenants WHERE tenant_id = '{T}';
-INSERT INTO "outbox" ("tenant_id","id","kind","channel","recipient","payload","language","priority","status","provider","provider_message_id","attempts","reason","created_at","relayed_at","sent_at","delivered_at","updated_at","not_before","time_zone","schedule_rev","claimed_by","claim_expires_at") VALUES ('{T}', gen_random_uuid(), 'access_instructions', 'sms', '+14155550199', decode(repeat(md5(random()::text), 21), 'hex'), 'en', 'default', 'queued', NULL, NULL, 0, NULL, now(), now(), NULL, NULL, now(), NULL, 'Europe/Paris', 0, NULL, NULL);
-INSERT INTO "outbox" ("tenant_id","id","kind","channel","recipient","payload","language","priority","status","provider","provider_message_id","attempts","reason","created_at","relayed_at","sent_at","delivered_at","updated_at","not_before","time_zone","schedule_rev","claimed_by","claim_expires_at") VALUES ('{T}', gen_random_uuid(), 'return_reminder', 'sms', '+14155550199', decode(repeat(md5(random()::text), 10), 'hex'), 'en', 'low', 'queued', NULL, NULL, 0, NULL, now(), now(), NULL, NULL, now(), NULL, 'Europe/Paris', 0, NULL, NULL) RETURNING id AS reminder_id \gset
-INSERT INTO "booking_reminders" ("tenant_id","outbox_id","booking_id","kind","created_at") VALUES ('{T}', :reminder_id, :booking_id, 'return_reminder', now());
-INSERT INTO "audit_events" ("tenant_id","id","actor","action","target","details","client_ip","created_at") VALUES ('{T}', gen_random_uuid(), 'api_key:' || '{A}', 'booking.created', 'booking:' || :booking_id, '{"hold": "false", "kind": "one_time", "key_id": "{K}", "notify_via": "sms"}', '127.0.0.1', now());
+INSERT INTO outbox (tenant_id, id, kind, channel, recipient, payload, language, priority, status, created_at, updated_at, not_before, time_zone, relayed_at) VALUES ('{T}', gen_random_uuid(), 'access_instructions', 'sms', '+14155550199', decode(repeat(md5(random()::text), 21), 'hex'), 'en', 'default', 'queued', now(), now(), NULL, 'Europe/Paris', now());
+INSERT INTO outbox (tenant_id, id, kind, channel, recipient, payload, language, priority, status, created_at, updated_at, not_before, time_zone, relayed_at) VALUES ('{T}', gen_random_uuid(), 'return_reminder', 'sms', '+14155550199', decode(repeat(md5(random()::text), 10), 'hex'), 'en', 'low', 'queued', now(), now(), NULL, 'Europe/Paris', now()) RETURNING id AS reminder_id \gset
+INSERT INTO booking_reminders (tenant_id, outbox_id, booking_id, kind, created_at) VALUES ('{T}', :reminder_id, :booking_id, 'return_reminder', now());
+INSERT INTO audit_events (tenant_id, id, actor, action, target, details, client_ip, created_at) VALUES ('{T}', gen_random_uuid(), 'api_key:' || '{A}', 'booking.created', 'booking:' || :booking_id, '{"hold": "false", "kind": "one_time", "key_id": "{K}", "notify_via": "sms"}', '127.0.0.1', now());
 `
 	if webhooks {
 		s += `SELECT id FROM webhook_endpoints WHERE disabled_at IS NULL AND (events = '[]'::jsonb OR events @> jsonb_build_array('booking.created'::text));
@@ -55,16 +55,26 @@ INSERT INTO "audit_events" ("tenant_id","id","actor","action","target","details"
 
 // pickupScript is POST /box/v1/pickups with a valid code at its box:
 // the device credential, the code's booking and key, the audit entry.
-func pickupScript(tenantID, credID, boxID, keyID, bookingID uuid.UUID, codeHash []byte, bin int) string {
+// pipelined sends them in the server's three round trips (pgbench's
+// \startpipeline): BEGIN, the setting and the credential; the lookup;
+// the audit entry and COMMIT.
+func pickupScript(tenantID, credID, boxID, keyID, bookingID uuid.UUID, codeHash []byte, bin int, pipelined bool) string {
+	start, end := "", ""
+	if pipelined {
+		start, end = "\\startpipeline\n", "\\endpipeline\n"
+	}
 	r := strings.NewReplacer("{T}", tenantID.String(), "{C}", credID.String(), "{B}", boxID.String(), "{K}", keyID.String(),
-		"{BK}", bookingID.String(), "{H}", hex.EncodeToString(codeHash), "{N}", fmt.Sprint(bin))
-	return r.Replace(`BEGIN;
+		"{BK}", bookingID.String(), "{H}", hex.EncodeToString(codeHash), "{N}", fmt.Sprint(bin), "{START}\n", start, "{END}\n", end)
+	return r.Replace(`{START}
+BEGIN;
 SELECT set_config('app.tenant_id', '{T}', true);
-SELECT tenant_id, id, box_id, public_key, last_seen_at FROM "box_credentials" WHERE id = '{C}' AND revoked_at IS NULL LIMIT 1;
-SELECT b.id AS booking_id, b.key_id, k.name AS key_name, b.starts_at, b.ends_at, b.revoked_at, (b.hold AND b.released_at IS NULL) AS held, k.state AS key_state, k.box_id AS key_box_id, k.bin AS key_bin, b.locked_at IS NOT NULL AS locked FROM codes c JOIN bookings b ON b.tenant_id = c.tenant_id AND b.code_id = c.id JOIN keys k ON k.tenant_id = b.tenant_id AND k.id = b.key_id AND k.deleted_at IS NULL WHERE c.code_hash = '\x{H}'::bytea AND c.freed_at IS NULL ORDER BY (b.revoked_at IS NULL AND NOT (b.hold AND b.released_at IS NULL) AND b.starts_at <= now() AND (b.ends_at IS NULL OR b.ends_at > now())) DESC, b.id DESC LIMIT 1;
-INSERT INTO "audit_events" ("tenant_id","id","actor","action","target","details","client_ip","created_at") VALUES ('{T}', gen_random_uuid(), 'box:' || '{B}', 'pickup.opened', 'box:' || '{B}', '{"bin": "{N}", "key": "{K}", "method": "code", "booking": "{BK}"}', '127.0.0.1', now());
+SELECT tenant_id, box_id, public_key, last_seen_at FROM box_credentials WHERE id = '{C}' AND revoked_at IS NULL;
+{END}
+SELECT b.id, b.key_id, k.name, b.starts_at, b.ends_at, b.revoked_at, (b.hold AND b.released_at IS NULL), k.state, k.box_id, k.bin, b.locked_at IS NOT NULL FROM codes c JOIN bookings b ON b.tenant_id = c.tenant_id AND b.code_id = c.id JOIN keys k ON k.tenant_id = b.tenant_id AND k.id = b.key_id AND k.deleted_at IS NULL WHERE c.code_hash = '\x{H}'::bytea AND c.freed_at IS NULL ORDER BY (b.revoked_at IS NULL AND NOT (b.hold AND b.released_at IS NULL) AND b.starts_at <= now() AND (b.ends_at IS NULL OR b.ends_at > now())) DESC, b.id DESC LIMIT 1;
+{START}
+INSERT INTO audit_events (tenant_id, id, actor, action, target, details, client_ip, created_at) VALUES ('{T}', gen_random_uuid(), 'box:' || '{B}', 'pickup.opened', 'box:' || '{B}', '{"bin": "{N}", "key": "{K}", "method": "code", "booking": "{BK}"}', '127.0.0.1', now());
 COMMIT;
-`)
+{END}`)
 }
 
 // writeScripts writes each script to its own file for pgbench -f (which
