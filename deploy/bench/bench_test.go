@@ -21,6 +21,9 @@ func TestScriptVariables(t *testing.T) {
 		"pickup":           pickupScript(id, id, id, id, id, []byte{1, 2, 3}, 4, false),
 		"pickup pipelined": pickupScript(id, id, id, id, id, []byte{1, 2, 3}, 4, true),
 	} {
+		if strings.Contains(s, "{START}") || strings.Contains(s, "{END}") {
+			t.Errorf("%s: a placeholder is left:\n%s", name, s)
+		}
 		defined := map[string]bool{}
 		for _, m := range regexp.MustCompile(`\\set (\w+)|AS (\w+) \\gset`).FindAllStringSubmatch(s, -1) {
 			defined[m[1]+m[2]] = true

@@ -74,7 +74,8 @@ SELECT b.id, b.key_id, k.name, b.starts_at, b.ends_at, b.revoked_at, (b.hold AND
 {START}
 INSERT INTO audit_events (tenant_id, id, actor, action, target, details, client_ip, created_at) VALUES ('{T}', gen_random_uuid(), 'box:' || '{B}', 'pickup.opened', 'box:' || '{B}', '{"bin": "{N}", "key": "{K}", "method": "code", "booking": "{BK}"}', '127.0.0.1', now());
 COMMIT;
-{END}`)
+{END}
+`)
 }
 
 // writeScripts writes each script to its own file for pgbench -f (which
