@@ -160,6 +160,39 @@ func TestBookingsCreate(t *testing.T) {
 			t.Fatalf("problem = %v, want conflicting_booking_id %s", p, id)
 		}
 	})
+	t.Run("OverlapAmongNeighbours", func(t *testing.T) {
+		// Two bookings a day apart on a key of their own: a window inside
+		// the gap fits, windows touching either edge fit (half-open), and a
+		// window over one of them names that one, not its neighbour.
+		k := w.key(t, "Neighbours")
+		day := start.Add(72 * time.Hour).Truncate(time.Hour)
+		a := w.Owner.expect(t, 201, "POST", "/api/v1/bookings", bkBody(k, bkPhone(), day, day.Add(2*time.Hour))).JSON(t)["id"]
+		b := w.Owner.expect(t, 201, "POST", "/api/v1/bookings", bkBody(k, bkPhone(), day.Add(24*time.Hour), day.Add(26*time.Hour))).JSON(t)["id"]
+		for _, tc := range []struct {
+			from, to time.Duration
+			want     any // the conflicting booking, or nil
+		}{
+			{time.Hour, 3 * time.Hour, a},
+			{-time.Hour, 30 * time.Hour, b}, // over both: the latest to start
+			{23 * time.Hour, 25 * time.Hour, b},
+			{25 * time.Hour, 27 * time.Hour, b},
+			{-time.Hour, 0, nil},
+			{2 * time.Hour, 24 * time.Hour, nil},
+			{26 * time.Hour, 27 * time.Hour, nil},
+		} {
+			res := w.Owner.do(t, "POST", "/api/v1/bookings", bkBody(k, bkPhone(), day.Add(tc.from), day.Add(tc.to)))
+			if tc.want == nil {
+				if res.Status != 201 {
+					t.Fatalf("%v–%v: %d %s, want 201", tc.from, tc.to, res.Status, res.Body)
+				}
+				w.Owner.expect(t, 200, "POST", "/api/v1/bookings/"+res.JSON(t)["id"].(string)+"/revoke", nil)
+				continue
+			}
+			if p := problemOf(t, res, 409); p["conflicting_booking_id"] != tc.want {
+				t.Fatalf("%v–%v: conflicting %v, want %v", tc.from, tc.to, p["conflicting_booking_id"], tc.want)
+			}
+		}
+	})
 	t.Run("OKOngoingDoesNotOverlap", func(t *testing.T) {
 		body := bkBody(key, bkPhone(), start, end)
 		body["kind"], body["ends_at"] = "ongoing", nil

@@ -237,16 +237,24 @@ func (s *Service) insert(ctx context.Context, b Booking) error {
 // overlapping returns a live one-time booking of b's key (not b) whose
 // window overlaps b's from now on, the condition the exclusion constraint
 // enforces; uuid.Nil when there is none.
+//
+// The live one-time bookings of a key never overlap one another (the
+// exclusion constraint bookings_no_overlap), so the only one that can
+// overlap b's window is the latest that starts before it ends: one step
+// of the btree bookings_key_live_from (migrations/00027), where the range
+// test would filter every live booking the key ever had (under row-level
+// security && cannot be an index condition).
 func (s *Service) overlapping(ctx context.Context, b Booking) (uuid.UUID, error) {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return uuid.Nil, err
 	}
 	var ids []uuid.UUID
-	err = tx.Raw(`SELECT id FROM bookings
-		WHERE key_id = ? AND kind = 'one_time' AND revoked_at IS NULL AND id <> ?
-		  AND tstzrange(live_from, ends_at) && tstzrange(?, ?)
-		ORDER BY starts_at LIMIT 1`, b.KeyID, b.ID, b.LiveFrom, b.EndsAt).Scan(&ids).Error
+	err = tx.Raw(`SELECT id FROM (
+			SELECT id, ends_at FROM bookings
+			WHERE key_id = ? AND kind = 'one_time' AND revoked_at IS NULL AND id <> ? AND live_from < coalesce(?::timestamptz, 'infinity')
+			ORDER BY live_from DESC LIMIT 1) latest
+		WHERE ends_at IS NULL OR ends_at > ?`, b.KeyID, b.ID, b.EndsAt, b.LiveFrom).Scan(&ids).Error
 	if err != nil {
 		return uuid.Nil, wrap("check overlap", err)
 	}
