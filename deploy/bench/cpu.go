@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,7 +24,9 @@ const clockTicks = 100
 
 // cpuSample is CPU seconds used so far, by role, and by the whole machine.
 type cpuSample struct {
-	machine float64
+	machine float64 // CPU seconds the machine ran, its own work only
+	steal   float64 // seconds the hypervisor gave to other guests instead
+	wall    time.Time
 	roles   map[string]float64
 }
 
@@ -39,19 +42,21 @@ type cpuRoles struct {
 // postmaster's children's time is the server's whole. The bench's own
 // children's time likewise holds pgbench once it has been waited for.
 func sampleCPU(r cpuRoles) cpuSample {
-	s := cpuSample{roles: map[string]float64{}}
+	s := cpuSample{roles: map[string]float64{}, wall: time.Now()}
 	if b, err := os.ReadFile("/proc/stat"); err == nil {
 		line, _, _ := strings.Cut(string(b), "\n")
+		// user nice system idle iowait irq softirq steal guest guest_nice;
+		// guest time is already in user and nice.
 		f := strings.Fields(line)
-		total, idle := 0.0, 0.0
 		for i, v := range f[1:] {
 			n, _ := strconv.ParseFloat(v, 64)
-			total += n
-			if i == 3 || i == 4 { // idle, iowait
-				idle += n
+			switch i {
+			case 0, 1, 2, 5, 6:
+				s.machine += n / clockTicks
+			case 7:
+				s.steal += n / clockTicks
 			}
 		}
-		s.machine = (total - idle) / clockTicks
 	}
 	self := os.Getpid()
 	type proc struct {
@@ -146,7 +151,13 @@ func perTransaction(a, b cpuSample, txs int) string {
 		}
 		out += fmt.Sprintf(" %s %.2f", p.name, p.ms)
 	}
-	return out + fmt.Sprintf(" + rest %.2f", machine-named)
+	out += fmt.Sprintf(" + rest %.2f", machine-named)
+	// Time the hypervisor gave other guests: a run with much of it was
+	// measured on a machine slower than the others.
+	if wall := b.wall.Sub(a.wall).Seconds(); wall > 0 {
+		out += fmt.Sprintf("; steal %.0f%% of the machine", 100*(b.steal-a.steal)/(float64(runtime.NumCPU())*wall))
+	}
+	return out
 }
 
 // profiling starts a CPU profile of the server for the next d when
