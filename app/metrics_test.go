@@ -246,10 +246,10 @@ func hasSeries(fam *dto.MetricFamily, want map[string]string) bool {
 	return false
 }
 
-// TestMetricsListener: KEYRELAY_METRICS_LISTEN serves the same metrics
-// without credentials (a private network's address), and only /metrics.
-func TestMetricsListener(t *testing.T) {
-	s := startServer(t)
+// serveMetricsAddr serves s's metrics address (KEYRELAY_METRICS_LISTEN)
+// for the test and returns it.
+func serveMetricsAddr(t *testing.T, s *server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -263,8 +263,16 @@ func TestMetricsListener(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	return ln.Addr().String()
+}
+
+// TestMetricsListener: KEYRELAY_METRICS_LISTEN serves the same metrics
+// without credentials (a private network's address), and only /metrics.
+func TestMetricsListener(t *testing.T) {
+	s := startServer(t)
+	addr := serveMetricsAddr(t, s)
 	get := func(path string) (int, []byte) {
-		res, err := http.Get("http://" + ln.Addr().String() + path)
+		res, err := http.Get("http://" + addr + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -294,20 +302,7 @@ func TestMetricsListener(t *testing.T) {
 // metrics address, and only there.
 func TestMetricsPprof(t *testing.T) {
 	s := startServer(t, func(c *Config) { c.MetricsPprof = true })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.app.serveMetricsOn(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-	res, err := http.Get("http://" + ln.Addr().String() + "/debug/pprof/profile?seconds=1")
+	res, err := http.Get("http://" + serveMetricsAddr(t, s) + "/debug/pprof/profile?seconds=1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -174,13 +174,17 @@ func (t *connTx) QueryRowContext(ctx context.Context, query string, args ...any)
 	return t.conn.QueryRowContext(ctx, query, args...)
 }
 
-// finish marks the transaction ended, once; the caller holds t.mu.
-func (t *connTx) finish() bool {
+// end ends the transaction once, by fn, and gives the connection back to
+// the pool.
+func (t *connTx) end(fn func() error) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.done {
-		return false
+		return sql.ErrTxDone
 	}
 	t.done = true
-	return true
+	defer t.conn.Close()
+	return fn()
 }
 
 // Commit sends what is owed and COMMIT in one round trip. PostgreSQL
@@ -188,13 +192,9 @@ func (t *connTx) finish() bool {
 // ROLLBACK, not an error; that is reported as an error here, as pgx's own
 // Tx does, so a request never answers success for a write that was rolled
 // back. A transaction that never sent anything has nothing to commit.
-func (t *connTx) Commit() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if !t.finish() {
-		return sql.ErrTxDone
-	}
-	defer t.conn.Close()
+func (t *connTx) Commit() error { return t.end(t.commit) }
+
+func (t *connTx) commit() error {
 	if !t.begun && len(t.queued) == 0 {
 		return nil
 	}
@@ -223,17 +223,13 @@ func (t *connTx) Commit() error {
 // Queued writes are dropped; a transaction that never sent anything has
 // nothing to roll back.
 func (t *connTx) Rollback() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if !t.finish() {
-		return sql.ErrTxDone
-	}
-	defer t.conn.Close()
-	t.queued = nil
-	if !t.begun {
-		return nil
-	}
-	return t.rollback()
+	return t.end(func() error {
+		t.queued = nil
+		if !t.begun {
+			return nil
+		}
+		return t.rollback()
+	})
 }
 
 func (t *connTx) rollback() error {

@@ -5,10 +5,15 @@ import (
 	"database/sql"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 
 	"github.com/keyrelay/keyrelay/tenants"
 )
@@ -179,8 +184,84 @@ func TestExecLater(t *testing.T) {
 	})
 }
 
-// TestNothingSent: a transaction that ran no statement commits and rolls
-// back without a round trip, and leaves the connection as it was.
+// roundTrips counts what the driver sends: each query and each batch is
+// one round trip.
+type roundTrips struct{ n atomic.Int64 }
+
+func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	r.n.Add(1)
+	return ctx
+}
+func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	r.n.Add(1)
+	return ctx
+}
+func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// TestRoundTrips: what a transaction owes travels with what comes next.
+// Nothing is sent for a transaction that ran no statement; BEGIN and the
+// setting go with the first statement; queued writes with the next
+// statement or with COMMIT; a statement through GORM pays what is owed in
+// a round trip of its own first.
+func TestRoundTrips(t *testing.T) {
+	cfg, err := pgx.ParseConfig(testDB.AppURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trips := &roundTrips{}
+	cfg.Tracer = trips
+	sqlDB := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { sqlDB.Close() })
+	sqlDB.SetMaxOpenConns(1)
+	db, err := gorm.Open(postgres.New(postgres.Config{Conn: sqlDB}), &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scope := tenants.NewScope(db)
+	ctx := testCtx(t)
+	a := newTenant(t, 2)
+	audit := func(ctx context.Context) error {
+		return tenants.ExecLater(ctx, "INSERT INTO audit_events (tenant_id, id, actor, action) VALUES ($1, $2, 'test', 'round.trip')", a.ID, uuid.New())
+	}
+	count := func(ctx context.Context) error {
+		var n int
+		return tenants.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n)
+	}
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		name string
+		fn   func(ctx context.Context) error
+		want int64
+	}{
+		{"nothing, committed", func(context.Context) error { return nil }, 0},
+		{"nothing, rolled back", func(context.Context) error { return boom }, 0},
+		{"a read", count, 2},         // BEGIN+setting+read; COMMIT
+		{"a queued write", audit, 1}, // BEGIN+setting+write+COMMIT
+		{"a write then a read", func(ctx context.Context) error { return errors.Join(audit(ctx), count(ctx)) }, 2},
+		{"a write then GORM", func(ctx context.Context) error {
+			if err := audit(ctx); err != nil {
+				return err
+			}
+			var n int64
+			return mustTx(t, ctx).Raw("SELECT count(*) FROM users").Scan(&n).Error
+		}, 3}, // BEGIN+setting+write; GORM's read; COMMIT
+	} {
+		before := trips.n.Load()
+		err := scope.Do(ctx, a.ID, tc.fn)
+		if err != nil && !errors.Is(err, boom) {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := trips.n.Load() - before; got != tc.want {
+			t.Errorf("%s: %d round trips, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestNothingSent: a transaction that ran no statement (TestRoundTrips:
+// nothing is sent for it) leaves the pool's connection as it was, and the
+// next transaction's first statement begins it properly.
 func TestNothingSent(t *testing.T) {
 	db, scope := openApp(t, 1)
 	ctx := testCtx(t)

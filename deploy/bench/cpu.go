@@ -30,18 +30,15 @@ type cpuSample struct {
 	roles   map[string]float64
 }
 
-// cpuRoles names the processes a run is split into. A process not named
-// here (the machine's other tenants) shows only in the machine's total.
-type cpuRoles struct {
-	server int // the server under test, or the bare handler
-}
-
 // sampleCPU reads /proc. PostgreSQL's backends come and go (pgbench
 // opens its own and closes them): a backend that exited was reaped by the
 // postmaster, whose children's time counts it, so live backends plus the
 // postmaster's children's time is the server's whole. The bench's own
 // children's time likewise holds pgbench once it has been waited for.
-func sampleCPU(r cpuRoles) cpuSample {
+//
+// server is the pid of the process under test (0: none); a process the
+// sample does not name shows only in the machine's total.
+func sampleCPU(server int) cpuSample {
 	s := cpuSample{roles: map[string]float64{}, wall: time.Now()}
 	if b, err := os.ReadFile("/proc/stat"); err == nil {
 		line, _, _ := strings.Cut(string(b), "\n")
@@ -76,7 +73,7 @@ func sampleCPU(r cpuRoles) cpuSample {
 		}
 		own, children := f[11]+f[12], f[13]+f[14] // utime stime cutime cstime (fields 14-17)
 		switch {
-		case pid == r.server:
+		case pid == server:
 			s.roles["server"] += own
 		case pid == self:
 			s.roles["load generator"] += own + children

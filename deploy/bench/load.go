@@ -24,12 +24,18 @@ type httpRun struct {
 	cpu   string // where the machine's CPU went, per good answer
 }
 
-// measured runs the attack with CPU accounting; server is the pid of the
-// process under test.
-func measured(server int, run func() httpRun) httpRun {
-	before := sampleCPU(cpuRoles{server: server})
-	r := run()
-	r.cpu = perTransaction(before, sampleCPU(cpuRoles{server: server}), r.good())
+// maxRun is a max-rate attack on the process pid, with its CPU
+// accounting and, when profile names the scenario, the server's CPU
+// profile (-profile).
+func (e *env) maxRun(name string, pid int, tr vegeta.Targeter, ok func(*vegeta.Result) bool, profile string) httpRun {
+	profiled := func() {}
+	if profile != "" {
+		profiled = e.profiling(profile, e.o.duration-time.Second)
+	}
+	before := sampleCPU(pid)
+	r := attack(name, tr, 0, e.o.clients, e.o.duration, ok)
+	r.cpu = perTransaction(before, sampleCPU(pid), r.good())
+	profiled()
 	return r
 }
 
@@ -132,10 +138,10 @@ func (e *env) pgbench(scripts []string) (r pgbenchRun, err error) {
 		args = append(args, "-f", s)
 	}
 	args = append(args, e.pgbenchConn()...)
-	before := sampleCPU(cpuRoles{})
+	before := sampleCPU(0)
 	defer func() {
 		if r.txs > 0 {
-			r.cpu = perTransaction(before, sampleCPU(cpuRoles{}), r.txs)
+			r.cpu = perTransaction(before, sampleCPU(0), r.txs)
 		}
 	}()
 	cmd := exec.Command("pgbench", args...)

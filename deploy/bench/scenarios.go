@@ -85,14 +85,7 @@ func benchCreate(ctx context.Context, e *env) (section, error) {
 		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions; CPU per transaction: %s", i+1, r.tps, r.latency, r.txs, r.cpu))
 		e.drain(ctx, web.ID)
 		step("create: HTTP max rate run %d (%d workers)", i+1, e.o.clients)
-		profiled := func() {}
-		if i == 0 {
-			profiled = e.profiling("create", e.o.duration-time.Second)
-		}
-		h := measured(e.server.Process.Pid, func() httpRun {
-			return attack(fmt.Sprintf("HTTP max %d", i+1), tr, 0, e.o.clients, e.o.duration, created)
-		})
-		profiled()
+		h := e.maxRun(fmt.Sprintf("HTTP max %d", i+1), e.server.Process.Pid, tr, created, firstOnly(i, "create"))
 		webRPS = append(webRPS, h.goodPerSecond())
 		maxRuns = append(maxRuns, h)
 	}
@@ -256,21 +249,11 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 			pgLines = append(pgLines, fmt.Sprintf("- run %d in the server's three round trips (`\\startpipeline`): %.0f tps, latency average %.2f ms; CPU per transaction: %s", i+1, r.tps, r.latency, r.cpu))
 		}
 		step("pickup: HTTP max rate run %d", i+1)
-		tr := real(0) // signed before the run and its CPU accounting start
-		profiled := func() {}
-		if i == 0 {
-			profiled = e.profiling("pickup", e.o.duration-time.Second)
-		}
-		h := measured(e.server.Process.Pid, func() httpRun {
-			return attack(fmt.Sprintf("keyrelay max %d", i+1), tr, 0, e.o.clients, e.o.duration, opened)
-		})
-		profiled()
+		// Signed before the run and its CPU accounting start.
+		h := e.maxRun(fmt.Sprintf("keyrelay max %d", i+1), e.server.Process.Pid, real(0), opened, firstOnly(i, "pickup"))
 		webRPS = append(webRPS, h.goodPerSecond())
 		step("pickup: bare Fiber max rate run %d", i+1)
-		btr := bare(0)
-		b := measured(e.bare.Process.Pid, func() httpRun {
-			return attack(fmt.Sprintf("bare Fiber max %d", i+1), btr, 0, e.o.clients, e.o.duration, opened)
-		})
+		b := e.maxRun(fmt.Sprintf("bare Fiber max %d", i+1), e.bare.Process.Pid, bare(0), opened, "")
 		bareRPS = append(bareRPS, b.goodPerSecond())
 		runs = append(runs, h, b)
 	}
@@ -360,6 +343,14 @@ func (e *env) startWorker(ctx context.Context) error {
 func (e *env) stopWorker() {
 	e.stopProcess(e.worker)
 	e.worker = nil
+}
+
+// firstOnly is the profile name for run i: the first run only.
+func firstOnly(i int, name string) string {
+	if i == 0 {
+		return name
+	}
+	return ""
 }
 
 func worstP99(rs []httpRun) time.Duration {
