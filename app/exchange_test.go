@@ -166,6 +166,52 @@ func TestPickupWithCode(t *testing.T) {
 	})
 }
 
+// TestPickupByRevokedBox: a box whose credential this server has read (so
+// a pickup reads it again only with the code lookup, devices
+// CheckWithFirstStatement) is refused with 401 on every kind of pickup once
+// revoked, and none of those pickups leaves a trace: no bin opened, no
+// audit entry, nothing counted against the box's attempt limit.
+func TestPickupByRevokedBox(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 1)
+	_, code := st.book(t, 1, -time.Minute, time.Hour)
+	wantDenied(t, st.call(t, "/box/v1/pickups", map[string]any{"code": "0000000001"}), exchange.UnknownCode)
+	boxID := uuid.MustParse(st.boxID)
+	audited := func() int64 {
+		return ownerCount(t, "SELECT count(*) FROM audit_events WHERE tenant_id = $1 AND action LIKE 'pickup.%'", f.ID)
+	}
+	before := audited()
+	f.Owner.expect(t, 204, "DELETE", "/api/v1/boxes/"+st.boxID+"/credential", nil)
+
+	ctx := context.Background()
+	bodies := []any{
+		map[string]any{"code": code},
+		map[string]any{"code": "not digits"},
+		map[string]any{"phone": "+14155550199"},
+		map[string]any{}, // 422 for a live box
+		map[string]any{"code": code, "phone": "+14155550199"},
+	}
+	for i := range 25 { // over the limit, were they counted: codes not even looked up
+		bodies = append(bodies, map[string]any{"code": fmt.Sprintf("x%09d", i)}, map[string]any{"code": fmt.Sprintf("%010d", 1000+i)})
+	}
+	for _, b := range bodies {
+		if status, body, err := st.box.Request(ctx, "POST", "/box/v1/pickups", b); err != nil || status != 401 {
+			t.Fatalf("revoked box, pickup %v: %d %s %v; want 401", b, status, body, err)
+		}
+	}
+	if n := audited() - before; n != 0 {
+		t.Errorf("%d pickup audit entries for a revoked box", n)
+	}
+	if w := st.keyState(t, 1); w["state"] != "in_bin" {
+		t.Errorf("whereabouts %v after a revoked box's pickups", w)
+	}
+	// Re-provisioned, the box is under its limit still (one failure, from
+	// before the revocation), and the code opens.
+	st.box = s.provisionBox(t, f, boxID)
+	wantOpen(t, st.call(t, "/box/v1/pickups", map[string]any{"code": code}), 1)
+}
+
 func TestBoxCooldown(t *testing.T) {
 	s := startServer(t)
 	f := s.signup(t)

@@ -172,7 +172,7 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	boxAPI.Get("/commands", a.authenticateBoxBriefly, cmds.Poll)
 	boxAPI.Post("/commands/:id/ack", boxAuth, cmds.Ack)
 	xch := exchange.NewHandlers(a.exchange, a.scope)
-	boxAPI.Post("/pickups", boxAuth, xch.Pickup)
+	boxAPI.Post("/pickups", a.authenticateBoxWithFirstStatement, xch.Pickup) // its handler: tenants.Verify before any effect outside the transaction
 	boxAPI.Post("/pickups/verify", boxAuth, xch.Verify)
 	boxAPI.Post("/dropoffs", boxAuth, xch.Dropoff)
 	boxAPI.Post("/events", boxAuth, xch.Events)

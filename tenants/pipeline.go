@@ -37,12 +37,28 @@ type connTx struct {
 	mu     sync.Mutex // one statement at a time, as on any connection
 	begun  bool       // BEGIN has been sent (whatever came back)
 	queued []queuedExec
+	checks int   // queued entries that are checks (CheckLater)
+	failed error // a check's: the transaction may no longer go on
 	done   bool
 }
 
 type queuedExec struct {
-	sql  string
-	args []any
+	sql   string
+	args  []any
+	check func(scan func(dest ...any) error) error // nil for a write (ExecLater)
+}
+
+// owed is what one pipeline pays: BEGIN and the setting, then the queue.
+type owed struct {
+	begin bool
+	items []queuedExec
+}
+
+func (o owed) len() int {
+	if o.begin {
+		return len(o.items) + 2
+	}
+	return len(o.items)
 }
 
 // pipeOf finds the connTx under a transaction's wrappers, or nil (a
@@ -73,37 +89,72 @@ func pgxConn(dc any) (*pgx.Conn, error) {
 	return c.Conn(), nil
 }
 
-// owe queues on b what the transaction owes, and reports how many
-// statements that is; the caller holds t.mu.
-func (t *connTx) owe(b *pgx.Batch) int {
-	n := 0
-	if !t.begun {
+// owe queues on b what the transaction owes; the caller holds t.mu.
+func (t *connTx) owe(b *pgx.Batch) owed {
+	o := owed{begin: !t.begun, items: t.queued}
+	if o.begin {
 		b.Queue("BEGIN")
 		b.Queue("SELECT set_config('app.tenant_id', $1, true)", t.tenantID.String())
-		n += 2
 	}
-	for _, q := range t.queued {
+	for _, q := range o.items {
 		b.Queue(q.sql, q.args...)
 	}
-	return n + len(t.queued)
+	return o
 }
 
-// paid reads the results of the n owed statements at the head of br; the
-// first error is the queued write's (or BEGIN's), and PostgreSQL skipped
-// the rest of the pipeline after it.
-func (t *connTx) paid(br pgx.BatchResults, n int) error {
-	t.begun, t.queued = true, nil
-	for range n {
-		if _, err := br.Exec(); err != nil {
+// paid reads the results of the owed statements at the head of br. The
+// first error is a queued write's (or BEGIN's), after which PostgreSQL
+// skipped the rest of the pipeline, or a check's: the statements after a
+// failed check did run, but their results are not read and the
+// transaction can only roll back.
+func (t *connTx) paid(br pgx.BatchResults, o owed) error {
+	t.begun, t.queued, t.checks = true, nil, 0
+	if o.begin {
+		for range 2 {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+	}
+	for _, q := range o.items {
+		if q.check == nil {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+			continue
+		}
+		rows, err := br.Query()
+		if err == nil {
+			err = q.check(func(dest ...any) error { return scanOne(rows, dest) })
+		}
+		rows.Close() // read to its end even when check did not, so the next result is the next statement's
+		if err == nil {
+			err = rows.Err()
+		}
+		if err != nil {
+			t.failed = err
 			return err
 		}
 	}
 	return nil
 }
 
+// scanOne reads rows' first row into dest, as pgx's QueryRow does.
+func scanOne(rows pgx.Rows, dest []any) error {
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	err := rows.Scan(dest...)
+	rows.Close()
+	return err
+}
+
 // pipeline sends what is owed and then run's statements (queued on b by
 // run's caller) in one round trip; then run reads their results.
-func (t *connTx) pipeline(ctx context.Context, b *pgx.Batch, prefix int, run func(br pgx.BatchResults) error) error {
+func (t *connTx) pipeline(ctx context.Context, b *pgx.Batch, prefix owed, run func(br pgx.BatchResults) error) error {
 	return t.conn.Raw(func(dc any) error {
 		c, err := pgxConn(dc)
 		if err != nil {
@@ -127,12 +178,19 @@ func (t *connTx) settle(ctx context.Context) error {
 	if t.done {
 		return sql.ErrTxDone
 	}
+	return t.pay(ctx)
+}
+
+// pay is settle for Commit, which has marked the transaction done.
+func (t *connTx) pay(ctx context.Context) error {
+	if t.failed != nil {
+		return t.failed
+	}
 	if t.begun && len(t.queued) == 0 {
 		return nil
 	}
 	b := &pgx.Batch{}
-	n := t.owe(b)
-	return t.pipeline(ctx, b, n, nil)
+	return t.pipeline(ctx, b, t.owe(b), nil)
 }
 
 func (t *connTx) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
@@ -195,13 +253,23 @@ func (t *connTx) end(fn func() error) error {
 func (t *connTx) Commit() error { return t.end(t.commit) }
 
 func (t *connTx) commit() error {
-	if !t.begun && len(t.queued) == 0 {
+	if t.failed == nil && !t.begun && len(t.queued) == 0 {
 		return nil
 	}
+	if t.failed != nil || t.checks > 0 {
+		// A check never travels with the COMMIT: PostgreSQL would have
+		// committed by the time its answer is read.
+		if err := t.pay(t.ctx); err != nil {
+			if t.begun {
+				t.rollback()
+			}
+			return err
+		}
+	}
 	b := &pgx.Batch{}
-	n := t.owe(b)
+	o := t.owe(b)
 	b.Queue("COMMIT")
-	err := t.pipeline(t.ctx, b, n, func(br pgx.BatchResults) error {
+	err := t.pipeline(t.ctx, b, o, func(br pgx.BatchResults) error {
 		tag, err := br.Exec()
 		if err == nil && tag.String() == "ROLLBACK" {
 			err = pgx.ErrTxCommitRollback
@@ -224,7 +292,7 @@ func (t *connTx) commit() error {
 // nothing to roll back.
 func (t *connTx) Rollback() error {
 	return t.end(func() error {
-		t.queued = nil
+		t.queued, t.checks = nil, 0
 		if !t.begun {
 			return nil
 		}
@@ -271,10 +339,13 @@ func (r Row) Scan(dest ...any) error {
 	if t.done {
 		return sql.ErrTxDone
 	}
+	if t.failed != nil {
+		return t.failed
+	}
 	b := &pgx.Batch{}
-	n := t.owe(b)
+	o := t.owe(b)
 	b.Queue(r.query, r.args...)
-	return t.pipeline(r.ctx, b, n, func(br pgx.BatchResults) error {
+	return t.pipeline(r.ctx, b, o, func(br pgx.BatchResults) error {
 		return br.QueryRow().Scan(dest...)
 	})
 }
@@ -299,6 +370,68 @@ func ExecLater(ctx context.Context, query string, args ...any) error {
 	if t.done {
 		return sql.ErrTxDone
 	}
+	if t.failed != nil {
+		return t.failed
+	}
 	t.queued = append(t.queued, queuedExec{sql: query, args: args})
 	return nil
+}
+
+// CheckLater queues a one-row read that decides whether the transaction
+// may go on: check reads the row with scan (an error that errors.Is
+// sql.ErrNoRows when there is none, as pgx's does) and returns an error to stop it. The
+// read is sent with the transaction's next statement, in the same round
+// trip, and its verdict comes before that statement's result: when check
+// fails, that statement and every later one return check's error, and the
+// transaction rolls back (Commit too returns the error). A COMMIT is
+// never sent with a check: it goes first, in a round trip of its own.
+//
+// For a box's credential, read with the pickup's lookup (firmware/devices).
+// The statement sent with the check does run: it must be one whose effects
+// a rollback undoes, and whatever the request does outside the database
+// before it must be harmless when the check fails, or be preceded by
+// Verify.
+func CheckLater(ctx context.Context, check func(scan func(dest ...any) error) error, query string, args ...any) error {
+	st, ok := ctx.Value(txKey{}).(scopedTx)
+	if !ok {
+		return errors.New("tenants: no tenant transaction in context")
+	}
+	t := st.pipe
+	if t == nil {
+		return check(func(dest ...any) error {
+			return st.tx.Statement.ConnPool.QueryRowContext(ctx, query, args...).Scan(dest...)
+		})
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done {
+		return sql.ErrTxDone
+	}
+	if t.failed != nil {
+		return t.failed
+	}
+	t.queued = append(t.queued, queuedExec{sql: query, args: args, check: check})
+	t.checks++
+	return nil
+}
+
+// Verify runs ctx's pending checks (CheckLater) now, in a round trip of
+// their own, and returns the first failure; nil at once when none is
+// pending. Call it before anything the request does outside the database
+// that must not happen for a failed check.
+func Verify(ctx context.Context) error {
+	st, ok := ctx.Value(txKey{}).(scopedTx)
+	if !ok || st.pipe == nil {
+		return nil
+	}
+	t := st.pipe
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.failed != nil {
+		return t.failed
+	}
+	if t.done || t.checks == 0 {
+		return nil
+	}
+	return t.settle(ctx)
 }

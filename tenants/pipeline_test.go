@@ -184,6 +184,135 @@ func TestExecLater(t *testing.T) {
 	})
 }
 
+// TestCheckLater: a check travels with the next statement and decides
+// before its result is used; a failed one stops the transaction for good
+// (later statements, queued writes and the commit all fail with its error,
+// and nothing of the transaction is written); Verify runs pending checks
+// on demand; a check is never sent with the COMMIT it would have to stop.
+func TestCheckLater(t *testing.T) {
+	db, scope := openApp(t, 1)
+	ctx := testCtx(t)
+	a := newTenant(t, 2)
+	errRevoked := errors.New("revoked")
+	// userIs checks that the tenant has user id, as a box's credential
+	// check does for its credential.
+	userIs := func(ctx context.Context, id uuid.UUID) error {
+		return tenants.CheckLater(ctx, func(scan func(...any) error) error {
+			var name string
+			if err := scan(&name); errors.Is(err, sql.ErrNoRows) {
+				return errRevoked
+			} else if err != nil {
+				return err
+			}
+			return nil
+		}, "SELECT name FROM users WHERE id = $1", id)
+	}
+	write := func(ctx context.Context, id uuid.UUID) error {
+		return tenants.ExecLater(ctx, "INSERT INTO audit_events (tenant_id, id, actor, action) VALUES ($1, $2, 'test', 'check.later')", a.ID, id)
+	}
+	written := func(id uuid.UUID) bool {
+		return ownerCount(t, "SELECT count(*) FROM audit_events WHERE id = $1", id) == 1
+	}
+	users := func(ctx context.Context) (int, error) {
+		var n int
+		err := tenants.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n)
+		return n, err
+	}
+
+	t.Run("Passes", func(t *testing.T) {
+		id := uuid.New()
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if err := userIs(ctx, a.Users[0]); err != nil {
+				return err
+			}
+			if n, err := users(ctx); err != nil || n != len(a.Users) {
+				t.Errorf("the read after the check: %d %v", n, err)
+			}
+			return write(ctx, id)
+		})
+		if err != nil || !written(id) {
+			t.Fatalf("Do: %v; written %v", err, written(id))
+		}
+	})
+
+	t.Run("FailsTheNextStatementAndAllAfter", func(t *testing.T) {
+		id := uuid.New()
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if err := write(ctx, id); err != nil { // queued before the check: goes with it, then rolls back
+				return err
+			}
+			if err := userIs(ctx, uuid.New()); err != nil {
+				return err
+			}
+			if _, err := users(ctx); !errors.Is(err, errRevoked) {
+				t.Errorf("the statement sent with a failing check: %v", err)
+			}
+			if err := write(ctx, uuid.New()); !errors.Is(err, errRevoked) {
+				t.Errorf("ExecLater after a failed check: %v", err)
+			}
+			if err := mustTx(t, ctx).Exec("SELECT 1").Error; !errors.Is(err, errRevoked) {
+				t.Errorf("GORM after a failed check: %v", err)
+			}
+			if err := tenants.Verify(ctx); !errors.Is(err, errRevoked) {
+				t.Errorf("Verify after a failed check: %v", err)
+			}
+			return nil // a handler that ignored it all: the commit still refuses
+		})
+		if !errors.Is(err, errRevoked) || written(id) {
+			t.Fatalf("Do: %v; written %v", err, written(id))
+		}
+		if s, _ := setting(t, ctx, db); s != "" {
+			t.Errorf("app.tenant_id = %q after the failed check", s)
+		}
+	})
+
+	t.Run("PendingAtCommit", func(t *testing.T) {
+		for _, live := range []bool{true, false} {
+			id := uuid.New()
+			user := uuid.New()
+			if live {
+				user = a.Users[1]
+			}
+			err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+				return errors.Join(userIs(ctx, user), write(ctx, id))
+			})
+			if live != (err == nil) || live != written(id) {
+				t.Errorf("live %v: Do %v; written %v", live, err, written(id))
+			}
+		}
+	})
+
+	t.Run("Verify", func(t *testing.T) {
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if err := userIs(ctx, uuid.New()); err != nil {
+				return err
+			}
+			return tenants.Verify(ctx)
+		})
+		if !errors.Is(err, errRevoked) {
+			t.Fatalf("Verify: %v", err)
+		}
+	})
+
+	t.Run("CheckThatDoesNotRead", func(t *testing.T) {
+		// The next statement's result is its own even when a check
+		// returned without reading its row.
+		err := scope.Do(ctx, a.ID, func(ctx context.Context) error {
+			if err := tenants.CheckLater(ctx, func(func(...any) error) error { return nil }, "SELECT 'check'"); err != nil {
+				return err
+			}
+			var s string
+			if err := tenants.QueryRow(ctx, "SELECT 'statement'").Scan(&s); err != nil || s != "statement" {
+				t.Errorf("QueryRow after the check: %q %v", s, err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 // roundTrips counts what the driver sends: each query and each batch is
 // one round trip.
 type roundTrips struct{ n atomic.Int64 }
@@ -229,6 +358,9 @@ func TestRoundTrips(t *testing.T) {
 		var n int
 		return tenants.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n)
 	}
+	pass := func(ctx context.Context) error {
+		return tenants.CheckLater(ctx, func(scan func(...any) error) error { var n int; return scan(&n) }, "SELECT count(*) FROM users")
+	}
 	boom := errors.New("boom")
 	for _, tc := range []struct {
 		name string
@@ -247,6 +379,10 @@ func TestRoundTrips(t *testing.T) {
 			var n int64
 			return mustTx(t, ctx).Raw("SELECT count(*) FROM users").Scan(&n).Error
 		}, 3}, // BEGIN+setting+write; GORM's read; COMMIT
+		{"a check then a read", func(ctx context.Context) error { return errors.Join(pass(ctx), count(ctx)) }, 2},        // BEGIN+setting+check+read; COMMIT
+		{"a check then a write", func(ctx context.Context) error { return errors.Join(pass(ctx), audit(ctx)) }, 2},       // BEGIN+setting+check+write; COMMIT
+		{"a check, verified", func(ctx context.Context) error { return errors.Join(pass(ctx), tenants.Verify(ctx)) }, 2}, // BEGIN+setting+check; COMMIT
+		{"nothing to verify", func(ctx context.Context) error { return errors.Join(count(ctx), tenants.Verify(ctx)) }, 2},
 	} {
 		before := trips.n.Load()
 		err := scope.Do(ctx, a.ID, tc.fn)

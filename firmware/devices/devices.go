@@ -327,6 +327,12 @@ type SignedRequest struct {
 	Method     string
 	Path       string // with the query string, as sent
 	Body       []byte
+	// CheckWithFirstStatement lets the credential be read with the
+	// handler's first statement instead of before the handler runs
+	// (authenticateLater): for routes whose handler does nothing outside
+	// the transaction before that statement that a revoked box must not
+	// do, or calls tenants.Verify first.
+	CheckWithFirstStatement bool
 }
 
 // Canonical is the exact byte string a box signs.
@@ -382,15 +388,18 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 	}
 	msg := Canonical(r.Method, r.Path, r.Time, r.Nonce, r.Body)
 	mutating := r.Method != "GET" && r.Method != "HEAD"
-	// A credential's public key never changes (a new key is a new
+	// A credential's public key and box never change (a new key is a new
 	// credential), so one seen before lets the signature be checked before
 	// the credential is read, and the replay check (Redis) run while it is
 	// read (PostgreSQL). The read still decides: revoked or unknown is
 	// refused, and a key that differs from the cached one is refused.
 	cached, hit := s.pubkeys.get(credID)
+	if hit && r.CheckWithFirstStatement && now.Sub(cached.seen) <= touchEvery {
+		return s.authenticateLater(ctx, r, tenantID, credID, cached, msg, sig, mutating)
+	}
 	var replay chan error
 	if hit {
-		if !ed25519.Verify(cached, msg, sig) {
+		if !ed25519.Verify(cached.key, msg, sig) {
 			return tenants.Principal{}, errBadSignature
 		}
 		if mutating {
@@ -399,7 +408,7 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 		}
 	}
 	c, err := loadCredential(ctx, credID)
-	if err == nil && hit && !bytes.Equal(c.PublicKey, cached) {
+	if err == nil && hit && !cached.is(c) {
 		err = errBadSignature
 	}
 	if replay != nil {
@@ -414,7 +423,6 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 		if !ed25519.Verify(c.PublicKey, msg, sig) {
 			return tenants.Principal{}, errBadSignature
 		}
-		s.pubkeys.put(credID, c.PublicKey)
 		if mutating {
 			if err := s.firstUse(ctx, r); err != nil {
 				return tenants.Principal{}, err
@@ -423,7 +431,10 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 	}
 	// Touch at most once a minute: enough for "last seen", without a write
 	// per request.
-	if c.LastSeenAt == nil || now.Sub(*c.LastSeenAt) > time.Minute {
+	seen := now
+	if c.LastSeenAt != nil && now.Sub(*c.LastSeenAt) <= touchEvery {
+		seen = *c.LastSeenAt
+	} else {
 		tx, err := tenants.Tx(ctx)
 		if err != nil {
 			return tenants.Principal{}, err
@@ -432,15 +443,56 @@ func (s *Service) Authenticate(ctx context.Context, r SignedRequest) (tenants.Pr
 			return tenants.Principal{}, fmt.Errorf("devices: touch credential: %w", err)
 		}
 	}
+	s.pubkeys.put(credID, knownKey{key: c.PublicKey, box: c.BoxID, seen: seen})
 	return tenants.Principal{TenantID: tenantID, BoxID: c.BoxID}, nil
 }
+
+// touchEvery is how stale a credential's last_seen_at may get.
+const touchEvery = time.Minute
+
+// authenticateLater is Authenticate for a route whose handler's first
+// statement may carry the credential read (CheckWithFirstStatement), for a
+// credential this server read less than touchEvery ago: the signature is
+// checked against the key read then, and the read itself is queued as a
+// check (tenants.CheckLater), so a code pickup takes one round trip to
+// PostgreSQL less. A revoked or unknown credential, or one whose key or
+// box differs from the cached one, still fails the request with the same
+// 401, and its transaction rolls back; what the handler did outside the
+// database before its first statement is the route's to keep harmless.
+func (s *Service) authenticateLater(ctx context.Context, r SignedRequest, tenantID, credID uuid.UUID, cached knownKey, msg, sig []byte, mutating bool) (tenants.Principal, error) {
+	if !ed25519.Verify(cached.key, msg, sig) {
+		return tenants.Principal{}, errBadSignature
+	}
+	err := tenants.CheckLater(ctx, func(scan func(dest ...any) error) error {
+		c := credential{ID: credID}
+		err := scan(&c.TenantID, &c.BoxID, &c.PublicKey, &c.LastSeenAt)
+		if errors.Is(err, sql.ErrNoRows) || err == nil && !cached.is(c) {
+			return errBadSignature
+		}
+		if err != nil {
+			return fmt.Errorf("devices: load credential: %w", err)
+		}
+		return nil
+	}, credentialSQL, credID)
+	if err != nil {
+		return tenants.Principal{}, err
+	}
+	if mutating {
+		if err := s.firstUse(ctx, r); err != nil {
+			return tenants.Principal{}, err
+		}
+	}
+	return tenants.Principal{TenantID: tenantID, BoxID: cached.box}, nil
+}
+
+const credentialSQL = `SELECT tenant_id, box_id, public_key, last_seen_at FROM box_credentials WHERE id = $1 AND revoked_at IS NULL`
 
 // loadCredential reads a live (not revoked) credential. It is the first
 // statement of every box request's transaction, so it goes by
 // tenants.QueryRow, which sends the transaction's BEGIN with it.
 func loadCredential(ctx context.Context, id uuid.UUID) (credential, error) {
 	c := credential{ID: id}
-	err := tenants.QueryRow(ctx, `SELECT tenant_id, box_id, public_key, last_seen_at FROM box_credentials WHERE id = $1 AND revoked_at IS NULL`, id).
+	err := tenants.QueryRow(ctx, credentialSQL, id).
 		Scan(&c.TenantID, &c.BoxID, &c.PublicKey, &c.LastSeenAt)
 	if errors.Is(err, sql.ErrNoRows) {
 		return credential{}, errBadSignature
@@ -466,29 +518,48 @@ func (s *Service) firstUse(ctx context.Context, r SignedRequest) error {
 	return nil
 }
 
-// keyCache maps credential ids to their public keys. Bounded: when full it
-// starts over, which costs a few unoverlapped requests, nothing else.
+// keyCache maps credential ids to what a read of the credential said.
+// Bounded: when full it starts over, which costs a few unoverlapped
+// requests, nothing else.
 type keyCache struct {
 	mu   sync.RWMutex
-	keys map[uuid.UUID]ed25519.PublicKey
+	keys map[uuid.UUID]knownKey
+}
+
+// knownKey is a live credential as last read: its key and box, which never
+// change, and when it was last seen by then.
+type knownKey struct {
+	key  ed25519.PublicKey
+	box  uuid.UUID
+	seen time.Time
+}
+
+// is reports whether c is the credential k was read from.
+func (k knownKey) is(c credential) bool {
+	return c.BoxID == k.box && bytes.Equal(c.PublicKey, k.key)
 }
 
 const keyCacheSize = 100_000
 
-func (k *keyCache) get(id uuid.UUID) (ed25519.PublicKey, bool) {
+func (k *keyCache) get(id uuid.UUID) (knownKey, bool) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	pk, ok := k.keys[id]
-	return pk, ok
+	v, ok := k.keys[id]
+	return v, ok
 }
 
-func (k *keyCache) put(id uuid.UUID, pk ed25519.PublicKey) {
+func (k *keyCache) put(id uuid.UUID, v knownKey) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.keys == nil || len(k.keys) >= keyCacheSize {
-		k.keys = map[uuid.UUID]ed25519.PublicKey{}
+		k.keys = map[uuid.UUID]knownKey{}
 	}
-	k.keys[id] = bytes.Clone(pk)
+	if old, ok := k.keys[id]; ok && old.is(credential{BoxID: v.box, PublicKey: v.key}) {
+		v.key = old.key
+	} else {
+		v.key = bytes.Clone(v.key)
+	}
+	k.keys[id] = v
 }
 
 var errBadSignature = tenants.Errorf(tenants.EUnauthorized, "the request is not signed by a live box credential")

@@ -128,6 +128,13 @@ func (s *Service) pickupByCode(ctx context.Context, p tenants.Principal, code st
 	// whatever the codes (guard.BoxCooldown); a box in its cool-down
 	// refuses a right code too. The code was looked up first so that the
 	// outcome is counted in one round trip (guard.Count).
+	//
+	// The route may read the box's credential with the lookup (devices,
+	// CheckWithFirstStatement); a code that was not looked up has not had
+	// it read yet, and a revoked box counts nothing.
+	if err := tenants.Verify(ctx); err != nil {
+		return Result{}, err
+	}
 	reached, err := s.guard.Count(ctx, guard.BoxCooldown, boxKey(p), !found || wrongBox)
 	if err != nil {
 		return Result{}, err
@@ -238,6 +245,10 @@ type staffUser struct {
 }
 
 func (s *Service) pickupByPhone(ctx context.Context, p tenants.Principal, phone string, boxTime *time.Time) (Result, error) {
+	// Before the box's attempt counter: see pickupByCode.
+	if err := tenants.Verify(ctx); err != nil {
+		return Result{}, err
+	}
 	att, err := s.guard.Begin(ctx, guard.BoxCooldown, boxKey(p))
 	if err != nil {
 		return Result{}, err
