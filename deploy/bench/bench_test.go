@@ -1,10 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -54,5 +56,29 @@ func TestListSQLFollowsBookings(t *testing.T) {
 		if !strings.Contains(string(src), frag) {
 			t.Errorf("tenants/bookings/manage.go no longer has %q: update listSQL", frag)
 		}
+	}
+}
+
+// TestLogLatencies: the p99 of a fixed-rate pgbench run comes from its
+// transaction log, past its first second; skipped transactions and stray
+// lines are left out.
+func TestLogLatencies(t *testing.T) {
+	var log strings.Builder
+	fmt.Fprintf(&log, "0 0 900000 0 1765140000 500000 899000\n") // the warm-up
+	for i := range 100 {
+		fmt.Fprintf(&log, "%d %d %d 0 1765140001 %d 12\n", i%16, i+1, 1000*(i+1), 500000+i)
+	}
+	log.WriteString("3 101 -1 0 1765140002 0 5000\n\n")
+	txs := logLatencies(log.String())
+	if len(txs) != 101 {
+		t.Fatalf("%d transactions, want 101", len(txs))
+	}
+	ds := steady(txs, time.Second)
+	if len(ds) != 100 {
+		t.Fatalf("%d past the first second, want 100", len(ds))
+	}
+	l := percentiles(ds)
+	if l.p50 != 51*time.Millisecond || l.p99 != 100*time.Millisecond || l.max != 100*time.Millisecond {
+		t.Errorf("percentiles %+v", l)
 	}
 }

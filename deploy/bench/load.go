@@ -5,7 +5,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -132,8 +134,8 @@ var (
 
 // pgbench runs the scripts (chosen at random per transaction, as pgbench
 // does with several -f) as the application role.
-func (e *env) pgbench(scripts []string) (r pgbenchRun, err error) {
-	args := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(e.o.clients), "-j", "2", "-T", strconv.Itoa(int(e.o.duration.Seconds()))}
+func (e *env) pgbench(scripts []string, clients int, extra ...string) (r pgbenchRun, err error) {
+	args := append([]string{"-n", "-M", "prepared", "-c", strconv.Itoa(clients), "-j", "2", "-T", strconv.Itoa(int(e.o.duration.Seconds()))}, extra...)
 	for _, s := range scripts {
 		args = append(args, "-f", s)
 	}
@@ -239,4 +241,99 @@ func worst(ds []time.Duration) time.Duration {
 		return 0
 	}
 	return ds[0]
+}
+
+// pgbenchRate runs scripts at a fixed rate (pgbench -R) with 16 clients,
+// vegeta's starting workers, and returns the run and its latency
+// percentiles from pgbench's per-transaction log, past its first second
+// (steady). With -R pgbench measures
+// each transaction from its scheduled start, as vegeta does a request, so
+// a stall shows in both the same way: the ceiling of a p99 target.
+func (e *env) pgbenchRate(scripts []string, rate int) (pgbenchRun, latencies, error) {
+	dir, err := os.MkdirTemp(e.dir, "pgbench-log-")
+	if err != nil {
+		return pgbenchRun{}, latencies{}, err
+	}
+	defer os.RemoveAll(dir)
+	prefix := filepath.Join(dir, "tx")
+	r, err := e.pgbench(scripts, 16, "-R", strconv.Itoa(rate), "--log", "--log-prefix", prefix)
+	if err != nil {
+		return r, latencies{}, err
+	}
+	files, err := filepath.Glob(prefix + ".*")
+	if err != nil || len(files) == 0 {
+		return r, latencies{}, fmt.Errorf("pgbench wrote no log under %s: %v", dir, err)
+	}
+	var txs []loggedTx
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return r, latencies{}, err
+		}
+		txs = append(txs, logLatencies(string(b))...)
+	}
+	return r, percentiles(steady(txs, time.Second)), nil
+}
+
+// loggedTx is a line of pgbench's transaction log.
+type loggedTx struct {
+	end     time.Time
+	latency time.Duration
+}
+
+// logLatencies reads a pgbench transaction log, whose lines are
+// "client_id transaction_no time script_no time_epoch time_us
+// [schedule_lag]", time in microseconds (-1 for a skipped transaction).
+func logLatencies(log string) []loggedTx {
+	var txs []loggedTx
+	for _, line := range strings.Split(log, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 6 {
+			continue
+		}
+		us, err1 := strconv.ParseFloat(fields[2], 64)
+		sec, err2 := strconv.ParseInt(fields[4], 10, 64)
+		usec, err3 := strconv.ParseInt(fields[5], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil || us < 0 {
+			continue
+		}
+		txs = append(txs, loggedTx{end: time.Unix(sec, usec*1000), latency: time.Duration(us * float64(time.Microsecond))})
+	}
+	return txs
+}
+
+// steady leaves out the transactions that ended in the run's first skip:
+// pgbench's own warm-up (16 new connections, each preparing the 32
+// scripts' statements as it first runs them), which put a backlog of
+// hundreds of milliseconds at the head of every run. The server it is
+// compared with runs on connections warmed by the runs before.
+func steady(txs []loggedTx, skip time.Duration) []time.Duration {
+	if len(txs) == 0 {
+		return nil
+	}
+	first := txs[0].end
+	for _, t := range txs {
+		if t.end.Before(first) {
+			first = t.end
+		}
+	}
+	var ds []time.Duration
+	for _, t := range txs {
+		if t.end.Sub(first) >= skip {
+			ds = append(ds, t.latency)
+		}
+	}
+	return ds
+}
+
+// latencies are a run's percentiles.
+type latencies struct{ p50, p99, max time.Duration }
+
+func percentiles(ds []time.Duration) latencies {
+	if len(ds) == 0 {
+		return latencies{}
+	}
+	slices.Sort(ds)
+	at := func(q float64) time.Duration { return ds[min(len(ds)-1, int(q*float64(len(ds))))] }
+	return latencies{p50: at(0.50), p99: at(0.99), max: ds[len(ds)-1]}
 }

@@ -60,7 +60,7 @@ func main() {
 	flag.IntVar(&o.redisDB, "redis-db", 11, "Redis database of the bench server (asynq queues have fixed names)")
 	flag.BoolVar(&o.trace, "trace", false, "log every SQL statement of the bench database (PostgreSQL's log), send one create and one pickup, and stop: to check the pgbench scripts")
 	flag.BoolVar(&o.verbose, "v", false, "show the server's log")
-	flag.BoolVar(&o.pipelined, "pipelined", false, "pickup: also run pgbench sending the transaction in the server's three round trips (\\startpipeline), and report keyrelay against that ceiling too")
+	flag.BoolVar(&o.pipelined, "pipelined", false, "pickup: also run pgbench sending the transaction in the server's two round trips (\\startpipeline), and report keyrelay against that ceiling too")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the server during each scenario's first HTTP max-rate run to `prefix`-<scenario>.pprof (go tool pprof -top <file>)")
 	flag.StringVar(&o.workers, "workers", "between-runs", "where the background workers run: between-runs (a separate `worker` process that drains the queues between timed runs and is stopped during them, as pgbench's side delivers nothing either; the fleet layout) or inprocess (inside the server under test, during the runs too)")
 	flag.Usage = func() {

@@ -77,7 +77,7 @@ func benchCreate(ctx context.Context, e *env) (section, error) {
 	for i := range e.o.runs {
 		e.drain(ctx, web.ID)
 		step("create: pgbench run %d", i+1)
-		r, err := e.pgbench(files)
+		r, err := e.pgbench(files, e.o.clients)
 		if err != nil {
 			return sec, err
 		}
@@ -233,7 +233,7 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 	var runs, rateRuns, bareRate []httpRun
 	for i := range e.o.runs {
 		step("pickup: pgbench run %d", i+1)
-		r, err := e.pgbench(files)
+		r, err := e.pgbench(files, e.o.clients)
 		if err != nil {
 			return sec, err
 		}
@@ -241,12 +241,12 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions; CPU per transaction: %s", i+1, r.tps, r.latency, r.txs, r.cpu))
 		if e.o.pipelined {
 			step("pickup: pgbench run %d, pipelined", i+1)
-			r, err := e.pgbench(pipelinedFiles)
+			r, err := e.pgbench(pipelinedFiles, e.o.clients)
 			if err != nil {
 				return sec, err
 			}
 			pipTPS = append(pipTPS, r.tps)
-			pgLines = append(pgLines, fmt.Sprintf("- run %d in the server's three round trips (`\\startpipeline`): %.0f tps, latency average %.2f ms; CPU per transaction: %s", i+1, r.tps, r.latency, r.cpu))
+			pgLines = append(pgLines, fmt.Sprintf("- run %d in the server's two round trips (`\\startpipeline`): %.0f tps, latency average %.2f ms; CPU per transaction: %s", i+1, r.tps, r.latency, r.cpu))
 		}
 		step("pickup: HTTP max rate run %d", i+1)
 		// Signed before the run and its CPU accounting start.
@@ -257,7 +257,16 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 		bareRPS = append(bareRPS, b.goodPerSecond())
 		runs = append(runs, h, b)
 	}
+	var pgRate []string
+	var pgRateP99 []time.Duration
 	for i := range e.o.runs {
+		step("pickup: pgbench %d/s run %d", e.o.pickupRate, i+1)
+		r, l, err := e.pgbenchRate(files, e.o.pickupRate)
+		if err != nil {
+			return sec, err
+		}
+		pgRateP99 = append(pgRateP99, l.p99)
+		pgRate = append(pgRate, fmt.Sprintf("- pgbench %d/s run %d: %.0f tps, p50 %s, p99 %s, max %s", e.o.pickupRate, i+1, r.tps, ms(l.p50), ms(l.p99), ms(l.max)))
 		step("pickup: HTTP %d/s run %d", e.o.pickupRate, i+1)
 		rtr := real(e.o.pickupRate)
 		rateRuns = append(rateRuns, attack(fmt.Sprintf("keyrelay %d/s %d", e.o.pickupRate, i+1), rtr, e.o.pickupRate, 16, e.o.duration, opened))
@@ -272,6 +281,8 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 		sec.add("%s", r.line())
 	}
 	sec.add("%s", cpuLines(runs))
+	sec.add("\nThe same transaction from pgbench at %d/s (`-R`, 16 clients; latency from each transaction's scheduled start, as vegeta's, from pgbench's log, past its first second: its own warm-up), run before each HTTP run at that rate:\n", e.o.pickupRate)
+	sec.lines = append(sec.lines, pgRate...)
 	ratio := mean(webRPS) / mean(pgTPS)
 	sec.add("\nbare Fiber max rate: %.0f/s; keyrelay reaches %.0f%% of it", mean(bareRPS), 100*mean(webRPS)/mean(bareRPS))
 	if len(pipTPS) > 0 {
@@ -280,6 +291,7 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 	sec.judge("pickup throughput HTTP/pgbench", fmt.Sprintf("%.0f/s vs %.0f tps = %.0f%%", mean(webRPS), mean(pgTPS), 100*ratio), ">= 60%", ratio >= 0.6)
 	p99 := worstP99(rateRuns)
 	sec.judge(fmt.Sprintf("pickup p99 at %d/s", e.o.pickupRate), ms(p99)+allGood(rateRuns), "< 15 ms", p99 < 15*time.Millisecond && allGood(rateRuns) == "")
+	sec.judge(fmt.Sprintf("pgbench p99 at %d/s (reference: the database's share of the same target)", e.o.pickupRate), ms(worst(pgRateP99)), "none", true)
 	sec.judge(fmt.Sprintf("bare Fiber p99 at %d/s (reference)", e.o.pickupRate), ms(worstP99(bareRate)), "none", true)
 	return sec, nil
 }

@@ -60,8 +60,8 @@ INSERT INTO audit_events (tenant_id, id, actor, action, target, details, client_
 
 // pickupScript is POST /box/v1/pickups with a valid code at its box:
 // the device credential, the code's booking and key, the audit entry.
-// pipelined sends them in the server's three round trips (pgbench's
-// \startpipeline): BEGIN, the setting and the credential; the lookup;
+// pipelined sends them in the server's two round trips (pgbench's
+// \startpipeline): BEGIN, the setting, the credential and the lookup;
 // the audit entry and COMMIT.
 func pickupScript(tenantID, credID, boxID, keyID, bookingID uuid.UUID, codeHash []byte, bin int, pipelined bool) string {
 	start, end := "", ""
@@ -74,8 +74,8 @@ func pickupScript(tenantID, credID, boxID, keyID, bookingID uuid.UUID, codeHash 
 BEGIN;
 SELECT set_config('app.tenant_id', '{T}', true);
 SELECT tenant_id, box_id, public_key, last_seen_at FROM box_credentials WHERE id = '{C}' AND revoked_at IS NULL;
-{END}
 SELECT b.id, b.key_id, k.name, b.starts_at, b.ends_at, b.revoked_at, (b.hold AND b.released_at IS NULL), k.state, k.box_id, k.bin, b.locked_at IS NOT NULL FROM codes c JOIN bookings b ON b.tenant_id = c.tenant_id AND b.code_id = c.id JOIN keys k ON k.tenant_id = b.tenant_id AND k.id = b.key_id AND k.deleted_at IS NULL WHERE c.code_hash = '\x{H}'::bytea AND c.freed_at IS NULL ORDER BY (b.revoked_at IS NULL AND NOT (b.hold AND b.released_at IS NULL) AND b.starts_at <= now() AND (b.ends_at IS NULL OR b.ends_at > now())) DESC, b.id DESC LIMIT 1;
+{END}
 {START}
 INSERT INTO audit_events (tenant_id, id, actor, action, target, details, client_ip, created_at) VALUES ('{T}', gen_random_uuid(), 'box:' || '{B}', 'pickup.opened', 'box:' || '{B}', '{"bin": "{N}", "key": "{K}", "method": "code", "booking": "{BK}"}', '127.0.0.1', now());
 COMMIT;
