@@ -77,7 +77,7 @@ func benchCreate(ctx context.Context, e *env) (section, error) {
 	for i := range e.o.runs {
 		e.drain(ctx, web.ID)
 		step("create: pgbench run %d", i+1)
-		r, err := e.pgbench(files, e.o.clients)
+		r, err := e.pgbench(files, e.o.clients, e.o.duration)
 		if err != nil {
 			return sec, err
 		}
@@ -233,7 +233,7 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 	var runs, rateRuns, bareRate []httpRun
 	for i := range e.o.runs {
 		step("pickup: pgbench run %d", i+1)
-		r, err := e.pgbench(files, e.o.clients)
+		r, err := e.pgbench(files, e.o.clients, e.o.duration)
 		if err != nil {
 			return sec, err
 		}
@@ -241,7 +241,7 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 		pgLines = append(pgLines, fmt.Sprintf("- run %d: %.0f tps, latency average %.2f ms, %d transactions; CPU per transaction: %s", i+1, r.tps, r.latency, r.txs, r.cpu))
 		if e.o.pipelined {
 			step("pickup: pgbench run %d, pipelined", i+1)
-			r, err := e.pgbench(pipelinedFiles, e.o.clients)
+			r, err := e.pgbench(pipelinedFiles, e.o.clients, e.o.duration)
 			if err != nil {
 				return sec, err
 			}
@@ -259,6 +259,13 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 	}
 	var pgRate []string
 	var pgRateP99 []time.Duration
+	// The max-rate runs used 8 connections of the server's pool; at a
+	// fixed rate a stall makes it open the rest, and a new PostgreSQL
+	// connection is slow until it has built its caches and prepared its
+	// statements: warm them all at the rate first, as a server that has
+	// been running is.
+	step("pickup: warm up at %d/s", e.o.pickupRate)
+	attack("warm-up", real(e.o.pickupRate), e.o.pickupRate, 16, 5*time.Second, opened)
 	for i := range e.o.runs {
 		step("pickup: pgbench %d/s run %d", e.o.pickupRate, i+1)
 		r, l, err := e.pgbenchRate(files, e.o.pickupRate)
@@ -281,7 +288,7 @@ func benchPickup(ctx context.Context, e *env) (section, error) {
 		sec.add("%s", r.line())
 	}
 	sec.add("%s", cpuLines(runs))
-	sec.add("\nThe same transaction from pgbench at %d/s (`-R`, 16 clients; latency from each transaction's scheduled start, as vegeta's, from pgbench's log, past its first second: its own warm-up), run before each HTTP run at that rate:\n", e.o.pickupRate)
+	sec.add("\nThe same transaction from pgbench at %d/s (`-R`, 16 clients; latency from each transaction's scheduled start, as vegeta's, from pgbench's log, past its first %s: its own warm-up), run before each HTTP run at that rate:\n", e.o.pickupRate, pgbenchWarmUp)
 	sec.lines = append(sec.lines, pgRate...)
 	ratio := mean(webRPS) / mean(pgTPS)
 	sec.add("\nbare Fiber max rate: %.0f/s; keyrelay reaches %.0f%% of it", mean(bareRPS), 100*mean(webRPS)/mean(bareRPS))
