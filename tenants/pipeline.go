@@ -336,11 +336,8 @@ func (r Row) Scan(dest ...any) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.done {
-		return sql.ErrTxDone
-	}
-	if t.failed != nil {
-		return t.failed
+	if err := t.usable(); err != nil {
+		return err
 	}
 	b := &pgx.Batch{}
 	o := t.owe(b)
@@ -365,26 +362,18 @@ func ExecLater(ctx context.Context, query string, args ...any) error {
 		_, err := st.tx.Statement.ConnPool.ExecContext(ctx, query, args...)
 		return err
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.done {
-		return sql.ErrTxDone
-	}
-	if t.failed != nil {
-		return t.failed
-	}
-	t.queued = append(t.queued, queuedExec{sql: query, args: args})
-	return nil
+	return t.enqueue(queuedExec{sql: query, args: args})
 }
 
 // CheckLater queues a one-row read that decides whether the transaction
 // may go on: check reads the row with scan (an error that errors.Is
-// sql.ErrNoRows when there is none, as pgx's does) and returns an error to stop it. The
-// read is sent with the transaction's next statement, in the same round
-// trip, and its verdict comes before that statement's result: when check
-// fails, that statement and every later one return check's error, and the
-// transaction rolls back (Commit too returns the error). A COMMIT is
-// never sent with a check: it goes first, in a round trip of its own.
+// sql.ErrNoRows when there is none, as pgx's does) and returns an error
+// to stop it. The read is sent with the transaction's next statement, in
+// the same round trip, and its verdict comes before that statement's
+// result: when check fails, that statement and every later one return
+// check's error, and the transaction rolls back (Commit too returns the
+// error). A COMMIT is never sent with a check: it goes first, in a round
+// trip of its own.
 //
 // For a box's credential, read with the pickup's lookup (firmware/devices).
 // The statement sent with the check does run: it must be one whose effects
@@ -402,16 +391,29 @@ func CheckLater(ctx context.Context, check func(scan func(dest ...any) error) er
 			return st.tx.Statement.ConnPool.QueryRowContext(ctx, query, args...).Scan(dest...)
 		})
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	return t.enqueue(queuedExec{sql: query, args: args, check: check})
+}
+
+// usable is why t can take no more statements, or nil; the caller holds
+// t.mu.
+func (t *connTx) usable() error {
 	if t.done {
 		return sql.ErrTxDone
 	}
-	if t.failed != nil {
-		return t.failed
+	return t.failed
+}
+
+// enqueue adds q to what t owes.
+func (t *connTx) enqueue(q queuedExec) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.usable(); err != nil {
+		return err
 	}
-	t.queued = append(t.queued, queuedExec{sql: query, args: args, check: check})
-	t.checks++
+	t.queued = append(t.queued, q)
+	if q.check != nil {
+		t.checks++
+	}
 	return nil
 }
 
