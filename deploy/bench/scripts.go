@@ -21,18 +21,15 @@ import (
 // random payloads alone; the HTTP side's rows are delivered during the
 // runs, as in production. pgbench reads ":name" as a variable even inside
 // a string literal, so 'HH24:MI' is written 'HH24:' || 'MI' (folded by
-// the planner), and so are 'box:' || id and the like. Where the server
-// binds a parameter that pgbench has to compute, the computation is a
-// sub-select (an InitPlan, a parameter to the plan): computed in place,
-// its operators would not be leakproof and could not be an index
-// condition under row-level security in the generic plan of a prepared
-// statement, which the server's plain parameter is.
+// the planner), and so are 'box:' || id and the like.
 
 // createScript is POST /api/v1/bookings for keyID: API-key lookup, the
-// key (share lock), a fresh code, the overlap check, the booking (ON
-// CONFLICT DO NOTHING, for the overlap race), the tenant's name and
-// settings, the access instructions and the return reminder in the
-// outbox, the reminder bookkeeping, the audit entry, the webhooks.
+// key (share lock), a fresh code, the booking (ON CONFLICT DO NOTHING:
+// the exclusion constraint is the overlap check; the server looks the
+// booking in the way up only when nothing was written), the tenant's
+// name and settings (one statement), the access instructions and the
+// return reminder in the outbox, the reminder bookkeeping, the audit
+// entry, the webhooks.
 func createScript(tenantID, apiKeyID, keyID uuid.UUID, apiKey string, webhooks bool) string {
 	h := sha256.Sum256([]byte(apiKey))
 	r := strings.NewReplacer("{T}", tenantID.String(), "{K}", keyID.String(), "{A}", apiKeyID.String(), "{H}", hex.EncodeToString(h[:]))
@@ -42,10 +39,8 @@ SELECT set_config('app.tenant_id', '{T}', true);
 SELECT * FROM "api_keys" WHERE token_hash = '\x{H}'::bytea AND revoked_at IS NULL LIMIT 1;
 SELECT k.id, k.name, bx.id AS box_id, bx.name AS box_name, bx.address AS box_address, bx.timezone AS box_timezone, bx.location_id FROM keys k JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id WHERE k.id = '{K}' AND k.deleted_at IS NULL FOR SHARE OF k;
 INSERT INTO codes (tenant_id, id, code_hash, code_sealed, created_at) VALUES ('{T}', gen_random_uuid(), sha256(random()::text::bytea), substring(sha512(random()::text::bytea) from 1 for 38), now()) ON CONFLICT (tenant_id, code_hash) WHERE freed_at IS NULL DO NOTHING RETURNING id AS code_id \gset
-SELECT id FROM (SELECT id, ends_at FROM bookings WHERE key_id = '{K}' AND kind = 'one_time' AND revoked_at IS NULL AND id <> gen_random_uuid() AND live_from < (SELECT timestamptz '2100-01-01' + (:slot + 1) * interval '1 minute') ORDER BY live_from DESC LIMIT 1) latest WHERE ends_at > timestamptz '2100-01-01' + :slot * interval '1 minute';
 INSERT INTO "bookings" ("tenant_id","id","key_id","kind","visitor_name","visitor_phone","visitor_email","notify_via","starts_at","ends_at","live_from","return_reminder","code_id","alias_code_id","url_token_hash","url_token_sealed","hold","released_at","sent_at","resent_at","revoked_at","created_by","created_at","updated_at") VALUES ('{T}', gen_random_uuid(), '{K}', 'one_time', 'Vic Visitor', '+14155550199', 'vic@example.com', 'sms', timestamptz '2100-01-01' + :slot * interval '1 minute', timestamptz '2100-01-01' + (:slot + 1) * interval '1 minute', timestamptz '2100-01-01' + :slot * interval '1 minute', true, :code_id, NULL, sha256(random()::text::bytea), sha512(random()::text::bytea) || substring(sha256(random()::text::bytea) from 1 for 7), false, NULL, now(), NULL, NULL, 'api_key:' || '{A}', now(), now()) ON CONFLICT DO NOTHING RETURNING id AS booking_id \gset
-SELECT name FROM tenants WHERE tenant_id = '{T}';
-SELECT default_language, to_char(quiet_hours_start, 'HH24:' || 'MI') AS quiet_hours_start, to_char(quiet_hours_end, 'HH24:' || 'MI') AS quiet_hours_end FROM tenants WHERE tenant_id = '{T}';
+SELECT name, default_language, to_char(quiet_hours_start, 'HH24:' || 'MI'), to_char(quiet_hours_end, 'HH24:' || 'MI') FROM tenants WHERE tenant_id = '{T}';
 INSERT INTO outbox (tenant_id, id, kind, channel, recipient, payload, language, priority, status, created_at, updated_at, not_before, time_zone, relayed_at) VALUES ('{T}', gen_random_uuid(), 'access_instructions', 'sms', '+14155550199', decode(repeat(md5(random()::text), 21), 'hex'), 'en', 'default', 'queued', now(), now(), NULL, 'Europe/Paris', now());
 INSERT INTO outbox (tenant_id, id, kind, channel, recipient, payload, language, priority, status, created_at, updated_at, not_before, time_zone, relayed_at) VALUES ('{T}', gen_random_uuid(), 'return_reminder', 'sms', '+14155550199', decode(repeat(md5(random()::text), 10), 'hex'), 'en', 'low', 'queued', now(), now(), NULL, 'Europe/Paris', now()) RETURNING id AS reminder_id \gset
 INSERT INTO booking_reminders (tenant_id, outbox_id, booking_id, kind, created_at) VALUES ('{T}', :reminder_id, :booking_id, 'return_reminder', now());

@@ -194,7 +194,7 @@ func (s *Service) CreateAlias(ctx context.Context, in NewAliasInput) (AliasView,
 		return AliasView{}, wrap("create alias code", err)
 	}
 	if in.Send {
-		company, err := tenantName(ctx)
+		company, err := s.msgs.Company(ctx)
 		if err != nil {
 			return AliasView{}, err
 		}

@@ -126,6 +126,8 @@ const liveSQL = "bk.revoked_at IS NULL AND (bk.ends_at IS NULL OR bk.ends_at > @
 // Messages is where access instructions and reminders go (the outbox).
 type Messages interface {
 	Add(ctx context.Context, m outbox.Message) (uuid.UUID, error)
+	// Company is the tenant's name, as messages are signed.
+	Company(ctx context.Context) (string, error)
 	Reschedule(ctx context.Context, id uuid.UUID, notBefore time.Time) error
 	Cancel(ctx context.Context, id uuid.UUID) error
 }
@@ -344,17 +346,3 @@ func violates(err error, code, constraint string) bool {
 }
 
 func notFound(err error) bool { return errors.Is(err, gorm.ErrRecordNotFound) }
-
-// tenantName is the company name the visitor's messages are signed with.
-func tenantName(ctx context.Context) (string, error) {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return "", err
-	}
-	tenantID, _ := tenants.TenantOf(ctx)
-	var name string
-	if err := tx.Raw("SELECT name FROM tenants WHERE tenant_id = ?", tenantID).Scan(&name).Error; err != nil {
-		return "", wrap("load tenant", err)
-	}
-	return name, nil
-}

@@ -198,21 +198,13 @@ func (s *Service) Create(ctx context.Context, in NewBookingInput) (View, error) 
 }
 
 // insert writes b. The exclusion constraint bookings_no_overlap is the
-// judge of overlaps, so that two concurrent creates cannot both pass; the
-// query before it names the booking in the way. When a concurrent insert
-// wins the race, ON CONFLICT DO NOTHING (which exclusion constraints
-// answer too) writes nothing and keeps the transaction usable, so the
-// booking that won can be looked up after it, without a savepoint's two
-// round trips on every create.
+// judge of overlaps, so that two concurrent creates cannot both pass. With
+// ON CONFLICT DO NOTHING (which exclusion constraints answer too) a window
+// in the way writes nothing and keeps the transaction usable, so the
+// booking in the way is looked up after it: no query before the insert
+// and no savepoint on the way of every create, only on a refused one.
+// (The unique constraints, on random ids and tokens, do not collide.)
 func (s *Service) insert(ctx context.Context, b Booking) error {
-	if b.Kind == OneTime {
-		if id, err := s.overlapping(ctx, b); err != nil || id != uuid.Nil {
-			if err == nil {
-				err = overlaps(id)
-			}
-			return err
-		}
-	}
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return err
@@ -224,13 +216,16 @@ func (s *Service) insert(ctx context.Context, b Booking) error {
 	if res.RowsAffected == 1 {
 		return nil
 	}
-	// Lost the race: the other booking committed after the check above.
-	// (The unique constraints, on random ids and tokens, do not collide.)
+	if b.Kind != OneTime { // no window to overlap: an id collided
+		return tenants.Errorf(tenants.EConflict, "the booking could not be written; try again")
+	}
 	id, err := s.overlapping(ctx, b)
 	if err != nil {
 		return err
 	}
 	if id == uuid.Nil {
+		// The booking in the way was revoked or moved since the insert
+		// met it.
 		return tenants.Errorf(tenants.EConflict, "the key was booked for part of this window meanwhile; try again")
 	}
 	return overlaps(id)
@@ -278,7 +273,7 @@ const overlapSQL = `SELECT id FROM (
 // sendInstructions queues the access instructions to the visitor by the
 // chosen channel.
 func (s *Service) sendInstructions(ctx context.Context, b Booking, k keyRef, code, url string) error {
-	company, err := tenantName(ctx)
+	company, err := s.msgs.Company(ctx)
 	if err != nil {
 		return err
 	}

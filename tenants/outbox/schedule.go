@@ -71,37 +71,53 @@ type Settings struct {
 	QuietHours      *QuietHours `json:"quiet_hours"`
 }
 
+// tenantRow is what messages need of the tenant: its name (messages are
+// signed with it) and its settings.
 type tenantRow struct {
+	Name            string
 	DefaultLanguage string
 	QuietHoursStart *string
 	QuietHoursEnd   *string
 }
 
-// settingsKey is SettingsOf's tenants.Memo key.
-type settingsKey struct{}
+// tenantKey is tenantOf's tenants.Memo key.
+type tenantKey struct{}
+
+// tenantOf reads ctx's tenant's row once per transaction, in one
+// statement for both its name and its settings: a booking's instructions
+// need both.
+func tenantOf(ctx context.Context) (tenantRow, error) {
+	return tenants.Memo(ctx, tenantKey{}, func() (tenantRow, error) {
+		tenantID, _ := tenants.TenantOf(ctx)
+		var r tenantRow
+		err := tenants.QueryRow(ctx, "SELECT name, default_language, to_char(quiet_hours_start, 'HH24:MI'), to_char(quiet_hours_end, 'HH24:MI') FROM tenants WHERE tenant_id = $1", tenantID).
+			Scan(&r.Name, &r.DefaultLanguage, &r.QuietHoursStart, &r.QuietHoursEnd)
+		if err != nil {
+			return tenantRow{}, fmt.Errorf("outbox: tenant: %w", err)
+		}
+		return r, nil
+	})
+}
 
 // SettingsOf returns ctx's tenant's settings, read once per transaction:
 // every message Add queues needs them.
 func (o *Outbox) SettingsOf(ctx context.Context) (Settings, error) {
-	return tenants.Memo(ctx, settingsKey{}, func() (Settings, error) { return loadSettings(ctx) })
-}
-
-func loadSettings(ctx context.Context) (Settings, error) {
-	tx, err := tenants.Tx(ctx)
+	r, err := tenantOf(ctx)
 	if err != nil {
 		return Settings{}, err
-	}
-	tenantID, _ := tenants.TenantOf(ctx)
-	var r tenantRow
-	err = tx.Raw("SELECT default_language, to_char(quiet_hours_start, 'HH24:MI') AS quiet_hours_start, to_char(quiet_hours_end, 'HH24:MI') AS quiet_hours_end FROM tenants WHERE tenant_id = ?", tenantID).Scan(&r).Error
-	if err != nil {
-		return Settings{}, fmt.Errorf("outbox: settings: %w", err)
 	}
 	s := Settings{DefaultLanguage: r.DefaultLanguage}
 	if r.QuietHoursStart != nil && r.QuietHoursEnd != nil {
 		s.QuietHours = &QuietHours{Start: *r.QuietHoursStart, End: *r.QuietHoursEnd}
 	}
 	return s, nil
+}
+
+// Company returns the tenant's name, which messages are signed with; read
+// with the settings, once per transaction.
+func (o *Outbox) Company(ctx context.Context) (string, error) {
+	r, err := tenantOf(ctx)
+	return r.Name, err
 }
 
 // SetSettings replaces the tenant's settings (owner and admin).
@@ -130,7 +146,7 @@ func (o *Outbox) SetSettings(ctx context.Context, s Settings) (Settings, error) 
 	if err := tx.Exec("UPDATE tenants SET default_language = ?, quiet_hours_start = ?::time, quiet_hours_end = ?::time WHERE tenant_id = ?", s.DefaultLanguage, start, end, p.TenantID).Error; err != nil {
 		return Settings{}, fmt.Errorf("outbox: set settings: %w", err)
 	}
-	tenants.Forget(ctx, settingsKey{})
+	tenants.Forget(ctx, tenantKey{})
 	if err := audit.Record(ctx, p.Actor(), "notifications.settings_changed", "tenant:"+p.TenantID.String(), nil); err != nil {
 		return Settings{}, err
 	}
