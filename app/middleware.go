@@ -188,19 +188,20 @@ func (a *App) inTenantTx(c *fiber.Ctx, tenantID uuid.UUID, resolve func(ctx cont
 	}
 	c.SetUserContext(tenants.WithPrincipal(ctx, p))
 	c.Locals(afterTxKey{}, &hooks)
-	if err := c.Next(); err != nil {
+	err = c.Next()
+	status := c.Response().StatusCode()
+	if err != nil || status >= 400 {
 		// A caller whose credential check is still pending (CheckLater)
 		// learns that first, whatever else went wrong: the same 401 on
 		// every route for a revoked box.
 		if verr := tenants.Verify(ctx); verr != nil {
 			return verr
 		}
+	}
+	if err != nil {
 		return err
 	}
-	if status := c.Response().StatusCode(); status >= 400 {
-		if verr := tenants.Verify(ctx); verr != nil {
-			return verr
-		}
+	if status >= 400 {
 		// A refused request writes nothing, and its answer is final.
 		tx.Rollback()
 		final = status < 500

@@ -33,9 +33,10 @@ import (
 //
 // The outbox row carries the trace across processes: the outbox writes
 // the write span's context into the row's trace_parent column
-// (outbox.WithWriteTracer; migration 00021); the relay continues it and puts its own span's context in the asynq task's
-// headers, where the delivery job picks it up. Spans carry no path (booking
-// page tokens travel in paths), no recipient and no code.
+// (outbox.WithWriteTracer; migration 00021); the relay continues it and
+// puts its own span's context in the asynq task's headers, where the
+// delivery job picks it up. Spans carry no path (booking page tokens
+// travel in paths), no recipient and no code.
 
 // traceContext is the W3C propagation used at every hop.
 var traceContext = propagation.TraceContext{}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,7 +38,6 @@ type connTx struct {
 	mu     sync.Mutex // one statement at a time, as on any connection
 	begun  bool       // BEGIN has been sent (whatever came back)
 	queued []queuedExec
-	checks int   // queued entries that are checks (CheckLater)
 	failed error // a check's: the transaction may no longer go on
 	done   bool
 }
@@ -52,13 +52,6 @@ type queuedExec struct {
 type owed struct {
 	begin bool
 	items []queuedExec
-}
-
-func (o owed) len() int {
-	if o.begin {
-		return len(o.items) + 2
-	}
-	return len(o.items)
 }
 
 // pipeOf finds the connTx under a transaction's wrappers, or nil (a
@@ -108,7 +101,7 @@ func (t *connTx) owe(b *pgx.Batch) owed {
 // failed check did run, but their results are not read and the
 // transaction can only roll back.
 func (t *connTx) paid(br pgx.BatchResults, o owed) error {
-	t.begun, t.queued, t.checks = true, nil, 0
+	t.begun, t.queued = true, nil
 	if o.begin {
 		for range 2 {
 			if _, err := br.Exec(); err != nil {
@@ -253,10 +246,10 @@ func (t *connTx) end(fn func() error) error {
 func (t *connTx) Commit() error { return t.end(t.commit) }
 
 func (t *connTx) commit() error {
-	if t.failed == nil && !t.begun && len(t.queued) == 0 {
-		return nil
+	if !t.begun && len(t.queued) == 0 {
+		return nil // a failed check has begun it
 	}
-	if t.failed != nil || t.checks > 0 {
+	if t.failed != nil || t.checking() {
 		// A check never travels with the COMMIT: PostgreSQL would have
 		// committed by the time its answer is read.
 		if err := t.pay(t.ctx); err != nil {
@@ -292,7 +285,7 @@ func (t *connTx) commit() error {
 // nothing to roll back.
 func (t *connTx) Rollback() error {
 	return t.end(func() error {
-		t.queued, t.checks = nil, 0
+		t.queued = nil
 		if !t.begun {
 			return nil
 		}
@@ -411,10 +404,12 @@ func (t *connTx) enqueue(q queuedExec) error {
 		return err
 	}
 	t.queued = append(t.queued, q)
-	if q.check != nil {
-		t.checks++
-	}
 	return nil
+}
+
+// checking reports whether a check is queued; the caller holds t.mu.
+func (t *connTx) checking() bool {
+	return slices.ContainsFunc(t.queued, func(q queuedExec) bool { return q.check != nil })
 }
 
 // Verify runs ctx's pending checks (CheckLater) now, in a round trip of
@@ -432,7 +427,7 @@ func Verify(ctx context.Context) error {
 	if t.failed != nil {
 		return t.failed
 	}
-	if t.done || t.checks == 0 {
+	if t.done || !t.checking() {
 		return nil
 	}
 	return t.settle(ctx)

@@ -246,9 +246,9 @@ func worst(ds []time.Duration) time.Duration {
 // pgbenchRate runs scripts at a fixed rate (pgbench -R) with 16 clients,
 // vegeta's starting workers, and returns the run and its latency
 // percentiles from pgbench's per-transaction log, past its warm-up
-// (steady). With -R pgbench measures
-// each transaction from its scheduled start, as vegeta does a request, so
-// a stall shows in both the same way: the ceiling of a p99 target.
+// (steady). With -R pgbench measures each transaction from its scheduled
+// start, as vegeta does a request, so a stall shows in both the same way:
+// the ceiling of a p99 target.
 func (e *env) pgbenchRate(scripts []string, rate int) (pgbenchRun, latencies, error) {
 	dir, err := os.MkdirTemp(e.dir, "pgbench-log-")
 	if err != nil {

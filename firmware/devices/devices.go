@@ -464,15 +464,11 @@ func (s *Service) authenticateLater(ctx context.Context, r SignedRequest, tenant
 		return tenants.Principal{}, errBadSignature
 	}
 	err := tenants.CheckLater(ctx, func(scan func(dest ...any) error) error {
-		c := credential{ID: credID}
-		err := scan(&c.TenantID, &c.BoxID, &c.PublicKey, &c.LastSeenAt)
-		if errors.Is(err, sql.ErrNoRows) || err == nil && !cached.is(c) {
-			return errBadSignature
+		c, err := scanCredential(credID, scan)
+		if err == nil && !cached.is(c) {
+			err = errBadSignature
 		}
-		if err != nil {
-			return fmt.Errorf("devices: load credential: %w", err)
-		}
-		return nil
+		return err
 	}, credentialSQL, credID)
 	if err != nil {
 		return tenants.Principal{}, err
@@ -491,9 +487,14 @@ const credentialSQL = `SELECT tenant_id, box_id, public_key, last_seen_at FROM b
 // statement of every box request's transaction, so it goes by
 // tenants.QueryRow, which sends the transaction's BEGIN with it.
 func loadCredential(ctx context.Context, id uuid.UUID) (credential, error) {
+	return scanCredential(id, tenants.QueryRow(ctx, credentialSQL, id).Scan)
+}
+
+// scanCredential reads credential id from credentialSQL's row; none is
+// the same 401 as a bad signature.
+func scanCredential(id uuid.UUID, scan func(dest ...any) error) (credential, error) {
 	c := credential{ID: id}
-	err := tenants.QueryRow(ctx, credentialSQL, id).
-		Scan(&c.TenantID, &c.BoxID, &c.PublicKey, &c.LastSeenAt)
+	err := scan(&c.TenantID, &c.BoxID, &c.PublicKey, &c.LastSeenAt)
 	if errors.Is(err, sql.ErrNoRows) {
 		return credential{}, errBadSignature
 	}
@@ -554,11 +555,7 @@ func (k *keyCache) put(id uuid.UUID, v knownKey) {
 	if k.keys == nil || len(k.keys) >= keyCacheSize {
 		k.keys = map[uuid.UUID]knownKey{}
 	}
-	if old, ok := k.keys[id]; ok && old.is(credential{BoxID: v.box, PublicKey: v.key}) {
-		v.key = old.key
-	} else {
-		v.key = bytes.Clone(v.key)
-	}
+	v.key = bytes.Clone(v.key)
 	k.keys[id] = v
 }
 
