@@ -48,8 +48,11 @@ type Config struct {
 	SessionIdle     time.Duration
 	BodyLimit       int
 	ShutdownTimeout time.Duration
-	AuthRateLimit   string   // ulule/limiter format, per client IP on sign-in calls
-	TrustedProxies  []string // addresses or CIDRs whose X-Forwarded-For is believed
+	// IdempotencyLease: how long a request holding an Idempotency-Key
+	// blocks its retries if its replica dies mid-request.
+	IdempotencyLease time.Duration
+	AuthRateLimit    string   // ulule/limiter format, per client IP on sign-in calls
+	TrustedProxies   []string // addresses or CIDRs whose X-Forwarded-For is believed
 
 	LimitPrefix     string // Redis key prefix of the brute-force counters
 	SMSPerPhoneHour int64  // login codes one phone may receive an hour
@@ -184,6 +187,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		AuthRateLimit:   get("KEYRELAY_AUTH_RATE_LIMIT", "60-M"),
 		BodyLimit:       1 << 20,
 		ShutdownTimeout: 30 * time.Second,
+
+		IdempotencyLease: defaultIdempotencyLease,
 	}
 	if v := getenv("KEYRELAY_TRUSTED_PROXIES"); v != "" {
 		for _, p := range strings.Split(v, ",") {

@@ -202,3 +202,43 @@ func TestIdempotencyEndsWithTheSession(t *testing.T) {
 		t.Fatalf("ended session got %d %s", r.Status, r.Body)
 	}
 }
+
+// TestIdempotencyLease: a request slower than the lease keeps its key
+// (its replica renews the mark), and a retry meanwhile is told it is in
+// progress, then gets the stored answer. The mark of a request whose
+// replica died lapses after one lease: TestReplicasSurviveKill.
+func TestIdempotencyLease(t *testing.T) {
+	const lease = 300 * time.Millisecond
+	s := startServer(t, func(c *Config) { c.IdempotencyLease = lease })
+	f := s.signup(t)
+	body := map[string]any{"name": "Slow", "email": "slow-" + uuid.NewString()[:8] + "@example.com", "role": "staff"}
+	key := uuid.NewString()
+
+	// Hold the insert up for several leases.
+	conn := ownerConn(t)
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), "BEGIN; LOCK TABLE users IN SHARE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan response, 1)
+	go func() { first <- f.Owner.do(t, "POST", "/api/v1/users", body, "Idempotency-Key", key) }()
+	time.Sleep(4 * lease)
+	retry := f.Owner.do(t, "POST", "/api/v1/users", body, "Idempotency-Key", key)
+	if retry.Status != 409 || !strings.Contains(string(retry.Body), "still in progress") {
+		t.Fatalf("retry while the first request runs past its lease: %d %s, want 409 in progress", retry.Status, retry.Body)
+	}
+	if _, err := conn.Exec(context.Background(), "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	r := <-first
+	if r.Status != 201 {
+		t.Fatalf("first request: %d %s", r.Status, r.Body)
+	}
+	again := f.Owner.expect(t, 201, "POST", "/api/v1/users", body, "Idempotency-Key", key)
+	if again.Header.Get("Idempotent-Replayed") != "true" || !bytes.Equal(again.Body, r.Body) {
+		t.Fatalf("the retry after the answer was not its replay: %s", again.Body)
+	}
+	if n := ownerExec(t, "SELECT 1 FROM users WHERE email = $1", body["email"]); n != 1 {
+		t.Fatalf("%d users created, want 1", n)
+	}
+}

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -18,11 +20,36 @@ import (
 const (
 	headerIdempotencyKey = "Idempotency-Key"
 	idempotencyTTL       = 24 * time.Hour
-	// idempotencyPendingTTL bounds the "still running" mark. It outlives
-	// any request (the server's read and write timeouts are 30 s), and is
-	// short so that a request cut off by a crashed replica, which wrote
-	// nothing, does not block its retries for a day.
-	idempotencyPendingTTL = 2 * time.Minute
+	// defaultIdempotencyLease is how long a "still running" mark lives
+	// unless the replica running the request renews it (every third of
+	// it). A request cut off by a crashed replica blocks its retries this
+	// long at most, not for the length of the longest request.
+	defaultIdempotencyLease = 10 * time.Second
+)
+
+// The mark's value holds a random holder token, so a request only renews,
+// replaces or drops its own mark, never one a retry made after its lease
+// lapsed.
+var (
+	renewMark = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0`)
+	dropMark = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`)
+	// storeAnswer replaces the mark with the answer; also when the mark
+	// lapsed and no retry has claimed the key since.
+	storeAnswer = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0`)
 )
 
 // idemRecord is what is kept per key. The response is sealed with the
@@ -30,6 +57,7 @@ const (
 type idemRecord struct {
 	State       string `json:"state"` // pending | done
 	BodyHash    string `json:"body_hash"`
+	Holder      string `json:"holder,omitempty"` // pending: whose mark it is
 	Status      int    `json:"status,omitempty"`
 	ContentType string `json:"content_type,omitempty"`
 	Sealed      []byte `json:"sealed,omitempty"`
@@ -65,24 +93,32 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 	bodyHash := hex.EncodeToString(bh[:])
 	ctx := context.WithoutCancel(c.UserContext())
 
-	pending, _ := json.Marshal(idemRecord{State: "pending", BodyHash: bodyHash})
-	claimed, err := a.redis.SetNX(ctx, redisKey, pending, idempotencyPendingTTL).Result()
+	holder := make([]byte, 16)
+	rand.Read(holder)
+	pending, _ := json.Marshal(idemRecord{State: "pending", BodyHash: bodyHash, Holder: hex.EncodeToString(holder)})
+	lease := a.cfg.IdempotencyLease
+	claimed, err := a.redis.SetNX(ctx, redisKey, pending, lease).Result()
 	if err != nil {
 		return &tenants.Error{Code: tenants.EUnavailable, Message: "idempotency store unavailable", Err: err}
 	}
 	if !claimed {
 		return a.replay(c, redisKey, bodyHash)
 	}
+	release := a.holdMark(ctx, redisKey, pending, lease)
+	drop := func() {
+		release()
+		dropMark.Run(ctx, a.redis, []string{redisKey}, pending)
+	}
 
 	if err := c.Next(); err != nil {
 		if herr := a.errorHandler(c, err); herr != nil {
-			a.redis.Del(ctx, redisKey)
+			drop()
 			return herr
 		}
 	}
 	status := c.Response().StatusCode()
 	if status >= 500 {
-		a.redis.Del(ctx, redisKey)
+		drop()
 		return nil
 	}
 	// Copy now: the response buffer is reused once the request ends.
@@ -90,23 +126,56 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 	contentType := string(c.Response().Header.ContentType())
 	finish := func(final bool) {
 		if !final {
-			a.redis.Del(ctx, redisKey)
+			drop()
 			return
 		}
+		release()
 		sealed, err := a.box.Seal(body, []byte(redisKey))
 		if err != nil {
-			a.redis.Del(ctx, redisKey)
+			dropMark.Run(ctx, a.redis, []string{redisKey}, pending)
 			return
 		}
 		done, _ := json.Marshal(idemRecord{State: "done", BodyHash: bodyHash, Status: status, ContentType: contentType, Sealed: sealed})
-		if err := a.redis.Set(ctx, redisKey, done, idempotencyTTL).Err(); err != nil {
+		stored, err := storeAnswer.Run(ctx, a.redis, []string{redisKey}, pending, done, idempotencyTTL.Milliseconds()).Int()
+		switch {
+		case err != nil:
 			a.log.WarnContext(ctx, "idempotency: could not store the answer", "err", err)
+		case stored == 0:
+			// Only a stall longer than the lease gets here: a retry ran
+			// too, and its answer is the one kept.
+			a.log.WarnContext(ctx, "idempotency: the request outlived its lease; a retry ran as well")
 		}
 	}
 	if !afterTx(c, finish) {
 		finish(true)
 	}
 	return nil
+}
+
+// holdMark renews the request's pending mark every third of its lease
+// until the returned func is called, so that the mark outlives a slow
+// request and dies soon with a crashed replica. Requests shorter than a
+// third of the lease (nearly all) never renew.
+func (a *App) holdMark(ctx context.Context, redisKey string, mark []byte, lease time.Duration) (release func()) {
+	var mu sync.Mutex
+	released := false
+	var timer *time.Timer
+	timer = time.AfterFunc(lease/3, func() {
+		if err := renewMark.Run(ctx, a.redis, []string{redisKey}, mark, lease.Milliseconds()).Err(); err != nil {
+			a.log.WarnContext(ctx, "idempotency: could not renew a running request's mark", "err", err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !released {
+			timer.Reset(lease / 3)
+		}
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		released = true
+		timer.Stop()
+	}
 }
 
 type afterTxKey struct{}

@@ -361,7 +361,11 @@ type bookingTry struct {
 	id       string // set when a replica answered 201
 	replayed bool   // the 201 was the stored answer of an earlier try
 	tries    int
-	lastErr  string // why it has no 201, when it has none
+	lastErr  string    // why it has no 201, when it has none
+	at       time.Time // when the 201 came
+	// straddled: a try was on its way while the replicas were being
+	// killed, so it may have been cut off mid-request.
+	straddled bool
 }
 
 // TestReplicasSurviveKill runs two serve and two worker processes on one
@@ -415,6 +419,10 @@ func TestReplicasSurviveKill(t *testing.T) {
 		}
 		return b
 	}
+	// The key of the bookings cut off by the kill (below), in a bin of the
+	// guard box so that no pickup touches it.
+	const victimBin = 13
+	keys[victimBin] = owner.must(t, 201, serveB.url, "POST", "/api/v1/keys", map[string]any{"name": "Victim car", "fob_serial": "FOB-" + uuid.NewString()[:8], "box_id": guardBoxID, "bin": 1})["id"].(string)
 	loadBox := provision(boxID, serveA.url, serveB.url)
 	guardBox := provision(guardBoxID, serveB.url, serveA.url)
 
@@ -445,17 +453,31 @@ func TestReplicasSurviveKill(t *testing.T) {
 	const nBookings, creators, victims = 60, 3, 3
 	tries := make([]*bookingTry, nBookings+victims)
 	var created, afterKillOK atomic.Int64
-	var killed atomic.Bool
+	var killing, killed atomic.Bool
 	// create makes booking i, its first try on replica first%2, retrying
-	// with the same Idempotency-Key on the other replica and again.
+	// with the same Idempotency-Key on the other replica and again, as a
+	// client would: while an earlier try may still hold the key (409 "in
+	// progress"; a try cut off by the kill holds it for the mark's lease)
+	// and on 5xx or a dead replica.
 	create := func(i, first int) {
-		start := now.Add(2*time.Hour + time.Duration(i/4)*2*time.Hour).Truncate(time.Second)
-		bt := &bookingTry{keyID: keys[9+i%4], startsAt: start}
+		bin, slot := 9+i%4, i/4
+		if i >= nBookings {
+			bin, slot = victimBin, i-nBookings
+		}
+		start := now.Add(2*time.Hour + time.Duration(slot)*2*time.Hour).Truncate(time.Second)
+		bt := &bookingTry{keyID: keys[bin], startsAt: start}
 		tries[i] = bt
-		body := booking(9+i%4, start, start.Add(time.Hour), false, 100+i)
+		body := booking(bin, start, start.Add(time.Hour), false, 100+i)
 		key := uuid.NewString()
-		for ; bt.tries < 12 && bt.id == ""; bt.tries++ {
+		// A client's patience: three leases of the mark a try cut off by
+		// the kill leaves behind.
+		giveUp := time.Now().Add(30 * time.Second)
+		for ; time.Now().Before(giveUp) && bt.id == ""; bt.tries++ {
+			before := !killed.Load()
 			status, raw, h, err := owner.send(bases[(first+bt.tries)%2], "POST", "/api/v1/bookings", body, key)
+			if before && killing.Load() {
+				bt.straddled = true
+			}
 			switch {
 			case err != nil:
 				bt.lastErr = err.Error()
@@ -463,15 +485,16 @@ func TestReplicasSurviveKill(t *testing.T) {
 				var m map[string]any
 				json.Unmarshal(raw, &m)
 				bt.id, _ = m["id"].(string)
+				bt.at = time.Now()
 				bt.replayed = h.Get("Idempotent-Replayed") == "true"
-			case status == 409 || status >= 500:
-				// 409: an earlier try still holds the key; 5xx: the key
-				// was released, the retry runs again.
+			case status == 409 && bytes.Contains(raw, []byte(headerIdempotencyKey)) || status >= 500:
 				bt.lastErr = fmt.Sprintf("%d %s", status, raw)
 				time.Sleep(200 * time.Millisecond)
 			default:
+				// A try cut off after its commit, before its answer was
+				// stored, leaves the booking in the way of its retry.
 				bt.lastErr = fmt.Sprintf("%d %s", status, raw)
-				bt.tries = 99
+				return
 			}
 		}
 		if bt.id != "" {
@@ -576,14 +599,30 @@ func TestReplicasSurviveKill(t *testing.T) {
 	for created.Load() < nBookings/3 {
 		time.Sleep(10 * time.Millisecond)
 	}
-	// Bookings in flight on serve-a as it dies: each either committed or
-	// not, and its retries on serve-b must not make it twice.
+	// Bookings cut off on serve-a as it dies: held up on their key's row
+	// until it is dead, so they have written nothing and their marks on
+	// their Idempotency-Keys stay until the lease lapses. Their retries on
+	// serve-b must then run, once.
+	lock := ownerConn(t)
+	defer lock.Close(context.Background())
+	if _, err := lock.Exec(context.Background(), "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(context.Background(), "SELECT 1 FROM keys WHERE id = $1 FOR UPDATE", keys[victimBin]); err != nil {
+		t.Fatal(err)
+	}
 	for v := range victims {
 		wg.Add(1)
 		go func() { defer wg.Done(); create(nBookings+v, 0) }()
 	}
-	time.Sleep(3 * time.Millisecond)
+	for waiting, since := int64(0), time.Now(); waiting < victims; time.Sleep(20 * time.Millisecond) {
+		waiting = ownerCount(t, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR SHARE OF k%'`)
+		if time.Since(since) > time.Minute {
+			t.Fatalf("%d of %d victim bookings reached the key's lock", waiting, victims)
+		}
+	}
 	killedAt := time.Now()
+	killing.Store(true)
 	var kw sync.WaitGroup
 	for _, r := range []*replica{serveA, workerA} {
 		kw.Add(1)
@@ -591,6 +630,9 @@ func TestReplicasSurviveKill(t *testing.T) {
 	}
 	kw.Wait()
 	killed.Store(true)
+	if _, err := lock.Exec(context.Background(), "COMMIT"); err != nil {
+		t.Fatal(err)
+	}
 	stranded := ownerCount(t, `SELECT count(*) FROM outbox WHERE tenant_id = $1 AND claimed_by IS NOT NULL`, tenantID)
 	t.Logf("SIGKILLed serve-a and worker-a after %d of %d bookings; %d message claims held at that moment", created.Load(), nBookings, stranded)
 	wg.Wait()
@@ -610,6 +652,9 @@ func TestReplicasSurviveKill(t *testing.T) {
 	var acked []string
 	unanswered, replayed := 0, 0
 	for i, bt := range tries {
+		if i >= nBookings && bt.id != "" {
+			t.Logf("booking %d, cut off by the kill, acknowledged %v after it on try %d", i, bt.at.Sub(killedAt).Round(time.Millisecond), bt.tries+1)
+		}
 		if bt.id != "" {
 			acked = append(acked, bt.id)
 			if bt.replayed {
@@ -618,8 +663,10 @@ func TestReplicasSurviveKill(t *testing.T) {
 			continue
 		}
 		unanswered++
-		if i < nBookings {
-			t.Errorf("booking %d, not in flight at the kill, got no 201: %s", i, bt.lastErr)
+		if i >= nBookings {
+			t.Errorf("booking %d, cut off by the kill before it wrote anything, got no 201 after %d tries: %s", i, bt.tries, bt.lastErr)
+		} else if !bt.straddled {
+			t.Errorf("booking %d, not in flight at the kill, got no 201 after %d tries: %s", i, bt.tries, bt.lastErr)
 		}
 		n := ownerCount(t, `SELECT count(*) FROM bookings WHERE tenant_id = $1 AND key_id = $2 AND starts_at = $3`, tenantID, bt.keyID, bt.startsAt)
 		t.Logf("booking of key %s at %s, in flight at the kill, got no 201 after %d tries (last: %s); in the database: %d", bt.keyID, bt.startsAt.Format(time.RFC3339), bt.tries, bt.lastErr, n)
