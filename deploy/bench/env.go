@@ -143,6 +143,7 @@ func (e *env) startServer(ctx context.Context) error {
 		"KEYRELAY_AUTH_RATE_LIMIT=100000-M",
 		"KEYRELAY_WORKERS="+map[string]string{"inprocess": "inprocess", "between-runs": "separate"}[e.o.workers],
 	)
+	e.server.Env = append(e.server.Env, e.o.serverEnv...)
 	if e.o.profile != "" {
 		if e.pprofAddr, err = freeAddr(); err != nil {
 			return err

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -42,7 +43,8 @@ type options struct {
 	redisDB     int
 	trace       bool
 	verbose     bool
-	workers     string // inprocess | between-runs
+	workers     string   // inprocess | between-runs
+	serverEnv   []string // NAME=value added to the server's environment
 }
 
 func main() {
@@ -63,6 +65,13 @@ func main() {
 	flag.BoolVar(&o.pipelined, "pipelined", false, "pickup: also run pgbench sending the transaction in the server's two round trips (\\startpipeline), and report keyrelay against that ceiling too")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the server during each scenario's first HTTP max-rate run to `prefix`-<scenario>.pprof (go tool pprof -top <file>)")
 	flag.StringVar(&o.workers, "workers", "between-runs", "where the background workers run: between-runs (a separate `worker` process that drains the queues between timed runs and is stopped during them, as pgbench's side delivers nothing either; the fleet layout) or inprocess (inside the server under test, during the runs too)")
+	flag.Func("server-env", "`NAME=value` added to the environment of the server under test (and its worker), e.g. GOGC=200; repeatable", func(v string) error {
+		if name, _, ok := strings.Cut(v, "="); !ok || name == "" {
+			return fmt.Errorf("want NAME=value, not %q", v)
+		}
+		o.serverEnv = append(o.serverEnv, v)
+		return nil
+	})
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: go run ./deploy/bench [flags] create|pickup|list|all\n\n")
 		flag.PrintDefaults()
