@@ -82,3 +82,21 @@ func TestLogLatencies(t *testing.T) {
 		t.Errorf("percentiles %+v", l)
 	}
 }
+
+func TestScaledRate(t *testing.T) {
+	for _, c := range []struct {
+		rate     int
+		tps      float64
+		baseline float64
+		want     int
+	}{
+		{1000, 4800, 4800, 1000},
+		{1000, 2000, 4800, 417},
+		{500, 1750, 3500, 250},
+		{1000, 1, 4800, 1},
+	} {
+		if got := scaledRate(c.rate, c.tps, c.baseline); got != c.want {
+			t.Errorf("scaledRate(%d, %v, %v) = %d, want %d", c.rate, c.tps, c.baseline, got, c.want)
+		}
+	}
+}
