@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/recover"
 	"github.com/google/uuid"
 
 	"github.com/keyrelay/keyrelay/migrations/dbtest"
@@ -240,5 +244,42 @@ func TestIdempotencyLease(t *testing.T) {
 	}
 	if n := ownerExec(t, "SELECT 1 FROM users WHERE email = $1", body["email"]); n != 1 {
 		t.Fatalf("%d users created, want 1", n)
+	}
+}
+
+// TestIdempotencyPanicDropsMark: a handler that panics answers 500, and its
+// mark goes with it (no renewal keeps it alive): the retry runs.
+func TestIdempotencyPanicDropsMark(t *testing.T) {
+	const lease = 300 * time.Millisecond
+	s := startServer(t, func(c *Config) { c.IdempotencyLease = lease })
+	calls := 0
+	h := fiber.New()
+	h.Use(recover.New())
+	h.Post("/flaky", s.app.idempotent, func(c *fiber.Ctx) error {
+		calls++
+		if calls == 1 {
+			panic("first try fails")
+		}
+		return c.Status(201).SendString("made")
+	})
+	key := uuid.NewString()
+	send := func() *http.Response {
+		req := httptest.NewRequest("POST", "/flaky", strings.NewReader("{}"))
+		req.Header.Set(headerIdempotencyKey, key)
+		res, err := h.Test(req, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := send(); res.StatusCode != 500 {
+		t.Fatalf("panicking try: %d, want 500", res.StatusCode)
+	}
+	time.Sleep(2 * lease) // a renewal would have kept the mark by now
+	if res := send(); res.StatusCode != 201 || res.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("retry after the panic: %d (replayed %q), want a fresh 201", res.StatusCode, res.Header.Get("Idempotent-Replayed"))
+	}
+	if res := send(); res.StatusCode != 201 || res.Header.Get("Idempotent-Replayed") != "true" || calls != 2 {
+		t.Fatalf("third try: %d (replayed %q) after %d calls, want the replay of the second", res.StatusCode, res.Header.Get("Idempotent-Replayed"), calls)
 	}
 }

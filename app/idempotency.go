@@ -109,6 +109,14 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 		release()
 		dropMark.Run(ctx, a.redis, []string{redisKey}, pending)
 	}
+	defer func() {
+		// A panicking handler answers 500 (the recover middleware): its
+		// mark goes, and is no longer renewed.
+		if r := recover(); r != nil {
+			drop()
+			panic(r)
+		}
+	}()
 
 	if err := c.Next(); err != nil {
 		if herr := a.errorHandler(c, err); herr != nil {
