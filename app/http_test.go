@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -282,4 +285,84 @@ func TestIdempotencyPanicDropsMark(t *testing.T) {
 	if res := send(); res.StatusCode != 201 || res.Header.Get("Idempotent-Replayed") != "true" || calls != 2 {
 		t.Fatalf("third try: %d (replayed %q) after %d calls, want the replay of the second", res.StatusCode, res.Header.Get("Idempotent-Replayed"), calls)
 	}
+}
+
+// TestIdempotencyDurable: a replica that dies after COMMIT, before Redis
+// has the answer, leaves it in PostgreSQL; the retry replays it instead of
+// creating a second box. Even with Redis's records lost altogether, the
+// retry cannot commit a second box.
+func TestIdempotencyDurable(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	ctx := context.Background()
+	name := "Durable " + uuid.NewString()[:8]
+	body := map[string]any{"name": name, "model": "MS5", "timezone": "Europe/Paris", "bins": 4}
+	raw, _ := json.Marshal(body)
+	bodyHash := sha256.Sum256(raw)
+	key := uuid.NewString()
+	first := f.Owner.expect(t, 201, "POST", "/api/v1/boxes", body, "Idempotency-Key", key)
+
+	// The request's Redis records: its answer and the note that it ran.
+	var answerKey, ranKey string
+	keys, err := s.app.redis.Keys(ctx, "keyrelay:idem:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		v, err := s.app.redis.Get(ctx, k).Bytes()
+		var rec idemRecord
+		if err == nil && json.Unmarshal(v, &rec) == nil && rec.BodyHash == hex.EncodeToString(bodyHash[:]) {
+			answerKey = k
+		}
+	}
+	if answerKey == "" {
+		t.Fatal("no Redis record of the answer")
+	}
+	ranKey = "{" + answerKey + "}:ran"
+	if n, err := s.app.redis.Exists(ctx, ranKey).Result(); err != nil || n != 1 {
+		t.Fatalf("no note that the key ran: %v %v", n, err)
+	}
+	boxes := func() int64 {
+		return ownerQuery[int64](t, `SELECT count(*) FROM boxes WHERE tenant_id = $1 AND name = $2`, f.ID, name)
+	}
+
+	t.Run("OKReplayedFromPostgreSQL", func(t *testing.T) {
+		// As if the replica died between COMMIT and storing the answer,
+		// and its mark lapsed.
+		s.app.redis.Del(ctx, answerKey)
+		again := f.Owner.expect(t, 201, "POST", "/api/v1/boxes", body, "Idempotency-Key", key)
+		if again.Header.Get("Idempotent-Replayed") != "true" || !bytes.Equal(again.Body, first.Body) {
+			t.Fatalf("retry: replayed %q, body %s, want the first answer %s", again.Header.Get("Idempotent-Replayed"), again.Body, first.Body)
+		}
+		if n := boxes(); n != 1 {
+			t.Fatalf("%d boxes, want 1", n)
+		}
+		// Redis has it again.
+		third := f.Owner.expect(t, 201, "POST", "/api/v1/boxes", body, "Idempotency-Key", key)
+		if third.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatal("third try not replayed")
+		}
+	})
+	t.Run("ErrOtherBody", func(t *testing.T) {
+		s.app.redis.Del(ctx, answerKey)
+		other := map[string]any{"name": name + " other", "model": "MS5", "timezone": "Europe/Paris", "bins": 4}
+		problemOf(t, f.Owner.do(t, "POST", "/api/v1/boxes", other, "Idempotency-Key", key), 422)
+	})
+	t.Run("OKRedisLost", func(t *testing.T) {
+		// Both records gone (a Redis failover that lost them): the retry
+		// runs, and its commit meets the first answer's row.
+		s.app.redis.Del(ctx, answerKey, ranKey)
+		r := f.Owner.do(t, "POST", "/api/v1/boxes", body, "Idempotency-Key", key)
+		if r.Status != 409 {
+			t.Fatalf("retry with Redis's records lost: %d %s, want 409 (answered meanwhile)", r.Status, r.Body)
+		}
+		t.Logf("retry with Redis's records lost: %d %s", r.Status, r.Body)
+		if n := boxes(); n != 1 {
+			t.Fatalf("%d boxes, want 1", n)
+		}
+		again := f.Owner.expect(t, 201, "POST", "/api/v1/boxes", body, "Idempotency-Key", key)
+		if again.Header.Get("Idempotent-Replayed") != "true" || !bytes.Equal(again.Body, first.Body) {
+			t.Fatalf("the next retry: replayed %q, body %s", again.Header.Get("Idempotent-Replayed"), again.Body)
+		}
+	})
 }

@@ -5,13 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keyrelay/keyrelay/tenants"
@@ -36,6 +39,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0`)
+	// claimMark takes the key for a request: KEYS[1] is its mark, KEYS[2]
+	// a day-long note that some try took it before. It answers claimBusy
+	// (another try holds the mark, or the answer is there: replay),
+	// claimFirst, or claimAfterEarlierTry (a try took the key before and
+	// left no answer: it failed, or died, maybe after its commit).
+	claimMark = redis.NewScript(`
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
+end
+if redis.call('SET', KEYS[2], '1', 'PX', ARGV[3], 'GET') then
+  return 2
+end
+return 1`)
 	dropMark = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -50,6 +66,13 @@ if v == false or v == ARGV[1] then
   return 1
 end
 return 0`)
+)
+
+// claimMark's answers.
+const (
+	claimBusy            = 0
+	claimFirst           = 1
+	claimAfterEarlierTry = 2
 )
 
 // idemRecord is what is kept per key. The response is sealed with the
@@ -73,7 +96,11 @@ type idemRecord struct {
 //
 // Inside a tenant transaction the answer is stored only once the
 // transaction has committed (or rolled back for a 4xx, which is final too),
-// so a stored answer never describes a change that did not happen.
+// so a stored answer never describes a change that did not happen. An
+// answer below 400 is also written to PostgreSQL in that transaction
+// (idempotency_answers): if the replica dies between COMMIT and Redis, the
+// retry that takes the key over after the lease finds it there and
+// replays it instead of running the request again.
 func (a *App) idempotent(c *fiber.Ctx) error {
 	key := c.Get(headerIdempotencyKey)
 	if key == "" {
@@ -89,19 +116,22 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 	scope := sha256.Sum256([]byte(who))
 	rk := sha256.Sum256(bytes.Join([][]byte{scope[:], []byte(c.Method()), []byte(c.Route().Path), []byte(key)}, []byte{0}))
 	redisKey := "keyrelay:idem:" + hex.EncodeToString(rk[:])
+	// ranKey shares redisKey's Cluster slot (its hash tag is redisKey).
+	ranKey := "{" + redisKey + "}:ran"
 	bh := sha256.Sum256(c.Body())
 	bodyHash := hex.EncodeToString(bh[:])
 	ctx := context.WithoutCancel(c.UserContext())
+	_, inTx := c.Locals(afterTxKey{}).(*[]func(bool))
 
 	holder := make([]byte, 16)
 	rand.Read(holder)
 	pending, _ := json.Marshal(idemRecord{State: "pending", BodyHash: bodyHash, Holder: hex.EncodeToString(holder)})
 	lease := a.cfg.IdempotencyLease
-	claimed, err := a.redis.SetNX(ctx, redisKey, pending, lease).Result()
+	claim, err := claimMark.Run(ctx, a.redis, []string{redisKey, ranKey}, pending, lease.Milliseconds(), idempotencyTTL.Milliseconds()).Int()
 	if err != nil {
 		return &tenants.Error{Code: tenants.EUnavailable, Message: "idempotency store unavailable", Err: err}
 	}
-	if !claimed {
+	if claim == claimBusy {
 		return a.replay(c, redisKey, bodyHash)
 	}
 	release := a.holdMark(ctx, redisKey, pending, lease)
@@ -117,26 +147,7 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 			panic(r)
 		}
 	}()
-
-	if err := c.Next(); err != nil {
-		if herr := a.errorHandler(c, err); herr != nil {
-			drop()
-			return herr
-		}
-	}
-	status := c.Response().StatusCode()
-	if status >= 500 {
-		drop()
-		return nil
-	}
-	// Copy now: the response buffer is reused once the request ends.
-	body := bytes.Clone(c.Response().Body())
-	contentType := string(c.Response().Header.ContentType())
-	finish := func(final bool) {
-		if !final {
-			drop()
-			return
-		}
+	store := func(status int, contentType string, body []byte) {
 		release()
 		sealed, err := a.box.Seal(body, []byte(redisKey))
 		if err != nil {
@@ -154,10 +165,121 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 			a.log.WarnContext(ctx, "idempotency: the request outlived its lease; a retry ran as well")
 		}
 	}
+
+	if claim == claimAfterEarlierTry && inTx {
+		// An earlier try took the key and left no answer in Redis: it
+		// failed, or its replica died, maybe after committing.
+		earlier, found, err := readDurable(c.UserContext(), rk[:])
+		switch {
+		case err != nil:
+			drop()
+			return err
+		case !found:
+		case !bytes.Equal(earlier.bodyHash, bh[:]):
+			drop()
+			return errOtherBody()
+		default:
+			body, err := a.box.Open(earlier.sealed, []byte(redisKey))
+			if err != nil {
+				drop()
+				return fmt.Errorf("idempotency: open the durable answer: %w", err)
+			}
+			store(earlier.status, earlier.contentType, body)
+			return sendReplay(c, earlier.status, earlier.contentType, body)
+		}
+	}
+
+	if err := c.Next(); err != nil {
+		if herr := a.errorHandler(c, err); herr != nil {
+			drop()
+			return herr
+		}
+	}
+	status := c.Response().StatusCode()
+	if status >= 500 {
+		drop()
+		return nil
+	}
+	// Copy now: the response buffer is reused once the request ends.
+	body := bytes.Clone(c.Response().Body())
+	contentType := string(c.Response().Header.ContentType())
+	if status < 400 && inTx {
+		if err := a.keepDurable(c.UserContext(), redisKey, durableAnswer{keyHash: rk[:], bodyHash: bh[:], status: status, contentType: contentType}, body); err != nil {
+			drop()
+			return err
+		}
+	}
+	finish := func(final bool) {
+		if !final {
+			drop()
+			return
+		}
+		store(status, contentType, body)
+	}
 	if !afterTx(c, finish) {
 		finish(true)
 	}
 	return nil
+}
+
+// durableAnswer is a row of idempotency_answers.
+type durableAnswer struct {
+	keyHash     []byte
+	bodyHash    []byte
+	status      int
+	contentType string
+	sealed      []byte
+}
+
+// keepDurable queues the answer's row in the request's transaction: it
+// commits with the change it describes, in the COMMIT's round trip. A row
+// already there (an earlier try committed, and its Redis records were
+// lost) fails the commit: the retry never commits a second change.
+func (a *App) keepDurable(ctx context.Context, redisKey string, ans durableAnswer, body []byte) error {
+	sealed, err := a.box.Seal(body, []byte(redisKey))
+	if err != nil {
+		return fmt.Errorf("idempotency: seal the answer: %w", err)
+	}
+	err = tenants.ExecLater(ctx, `INSERT INTO idempotency_answers (tenant_id, key_hash, body_hash, status, content_type, sealed)
+		VALUES (NULLIF(current_setting('app.tenant_id', true), '')::uuid, $1, $2, $3, $4, $5)`, ans.keyHash, ans.bodyHash, ans.status, ans.contentType, sealed)
+	if err != nil {
+		return fmt.Errorf("idempotency: keep the answer: %w", err)
+	}
+	return nil
+}
+
+// errAnsweredMeanwhile: the commit met the answer of an earlier try with
+// the same Idempotency-Key (whose Redis records were lost): nothing of this
+// try was written, and the retry replays that answer.
+var errAnsweredMeanwhile = tenants.Errorf(tenants.EConflict, "a request with this Idempotency-Key has already been answered; retry to get its answer")
+
+func answeredMeanwhile(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == "23505" && pg.ConstraintName == "idempotency_answers_pkey"
+}
+
+// readDurable reads the answer an earlier try with this key committed.
+func readDurable(ctx context.Context, keyHash []byte) (durableAnswer, bool, error) {
+	ans := durableAnswer{keyHash: keyHash}
+	err := tenants.QueryRow(ctx, `SELECT body_hash, status, content_type, sealed FROM idempotency_answers WHERE key_hash = $1`, keyHash).
+		Scan(&ans.bodyHash, &ans.status, &ans.contentType, &ans.sealed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ans, false, nil
+	}
+	if err != nil {
+		return ans, false, fmt.Errorf("idempotency: read the durable answer: %w", err)
+	}
+	return ans, true, nil
+}
+
+func errOtherBody() error {
+	return &tenants.Error{Code: tenants.EInvalid, Message: "this Idempotency-Key was used with a different request body", Fields: []tenants.FieldError{{Field: headerIdempotencyKey, Message: "reused with a different body"}}}
+}
+
+func sendReplay(c *fiber.Ctx, status int, contentType string, body []byte) error {
+	c.Set("Idempotent-Replayed", "true")
+	c.Set(fiber.HeaderContentType, contentType)
+	return c.Status(status).Send(body)
 }
 
 // holdMark renews the request's pending mark every third of its lease
@@ -213,7 +335,7 @@ func (a *App) replay(c *fiber.Ctx, redisKey, bodyHash string) error {
 		return err
 	}
 	if rec.BodyHash != bodyHash {
-		return &tenants.Error{Code: tenants.EInvalid, Message: "this Idempotency-Key was used with a different request body", Fields: []tenants.FieldError{{Field: headerIdempotencyKey, Message: "reused with a different body"}}}
+		return errOtherBody()
 	}
 	if rec.State != "done" {
 		return tenants.Errorf(tenants.EConflict, "a request with this Idempotency-Key is still in progress")
@@ -222,7 +344,5 @@ func (a *App) replay(c *fiber.Ctx, redisKey, bodyHash string) error {
 	if err != nil {
 		return err
 	}
-	c.Set("Idempotent-Replayed", "true")
-	c.Set(fiber.HeaderContentType, rec.ContentType)
-	return c.Status(rec.Status).Send(body)
+	return sendReplay(c, rec.Status, rec.ContentType, body)
 }

@@ -208,6 +208,9 @@ func (a *App) inTenantTx(c *fiber.Ctx, tenantID uuid.UUID, resolve func(ctx cont
 		return nil
 	}
 	if err := tx.Commit().Error; err != nil {
+		if answeredMeanwhile(err) {
+			return errAnsweredMeanwhile
+		}
 		return fmt.Errorf("commit: %w", err)
 	}
 	final = true

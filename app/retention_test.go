@@ -128,9 +128,25 @@ func TestRetentionSweep(t *testing.T) {
 		}
 	})
 	t.Run("OKIdempotencyRecordsExpire", func(t *testing.T) {
-		// Idempotency records are not swept: Redis drops them after their
-		// TTL, which every record carries from the moment it is written.
+		// Redis drops its records after their TTL, which every record
+		// carries from the moment it is written; the durable copies in
+		// PostgreSQL are swept a day after they were written.
 		f.Owner.expect(t, 201, "POST", "/api/v1/locations", map[string]any{"name": "Idem " + uuid.NewString()[:6]}, "Idempotency-Key", uuid.NewString())
+		if n := ownerQuery[int64](t, `SELECT count(*) FROM idempotency_answers WHERE tenant_id = $1`, f.ID); n != 1 {
+			t.Fatalf("%d durable answers, want 1", n)
+		}
+		ownerExec(t, `UPDATE idempotency_answers SET created_at = now() - interval '25 hours' WHERE tenant_id = $1`, f.ID)
+		f.Owner.expect(t, 201, "POST", "/api/v1/locations", map[string]any{"name": "Idem " + uuid.NewString()[:6]}, "Idempotency-Key", uuid.NewString())
+		swept, err := job.Sweep(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if swept.IdempotentAnswers < 1 {
+			t.Errorf("swept %+v, want the day-old answer", swept)
+		}
+		if n := ownerQuery[int64](t, `SELECT count(*) FROM idempotency_answers WHERE tenant_id = $1`, f.ID); n != 1 {
+			t.Errorf("%d durable answers left, want the fresh one", n)
+		}
 		keys, err := s.app.redis.Keys(ctx, "keyrelay:idem:*").Result()
 		if err != nil || len(keys) == 0 {
 			t.Fatalf("no idempotency record: %v", err)

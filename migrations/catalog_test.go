@@ -54,7 +54,7 @@ var globalTables = []string{
 var pathRoles = map[string][]string{
 	"keyrelay_lookup":   nil,
 	"keyrelay_relay":    nil,
-	"keyrelay_janitor":  {"sessions:DELETE", "password_resets:DELETE", "login_challenges:DELETE", "pickup_challenges:DELETE"},
+	"keyrelay_janitor":  {"sessions:DELETE", "password_resets:DELETE", "login_challenges:DELETE", "pickup_challenges:DELETE", "idempotency_answers:DELETE"},
 	"keyrelay_firmware": nil,
 }
 
@@ -68,6 +68,7 @@ var secretColumns = [][2]string{
 	{"box_credentials", "secret_sealed"}, {"box_provisioning_tokens", "token_hash"},
 	{"pickup_challenges", "code_hash"}, {"codes", "code_hash"}, {"codes", "code_sealed"},
 	{"offline_derived_codes", "tag_hash"}, {"offline_derived_codes", "code_sealed"}, {"box_journal", "derived_tag_hash"},
+	{"idempotency_answers", "sealed"}, {"idempotency_answers", "body_hash"},
 	{"bookings", "url_token_hash"}, {"bookings", "url_token_sealed"}, {"bookings", "visitor_phone"}, {"bookings", "visitor_email"},
 	{"webhook_endpoints", "secret_sealed"}, {"webhook_endpoints", "url"}, {"webhook_deliveries", "payload"},
 	{"pickup_challenges", "phone"}, {"bookings", "visitor_name"}, {"alias_codes", "visitor_name"}, {"alias_codes", "visitor_phone"}, {"alias_codes", "visitor_email"},
@@ -88,6 +89,7 @@ var securityDefiners = map[string]string{
 	// Retention and erasure (00022).
 	"retention_purge_messages(interval,integer)":                                   "keyrelay_janitor",
 	"retention_sweep_challenges()":                                                 "keyrelay_janitor",
+	"retention_sweep_idempotency(integer)":                                         "keyrelay_janitor", // 00029
 	"retention_visitor_tenants(timestamp with time zone)":                          "keyrelay_janitor",
 	"audit_pseudonymise(uuid[],text)":                                              "keyrelay_janitor",
 	"webhook_claim(integer,interval)":                                              "keyrelay_relay",
@@ -106,28 +108,30 @@ var roleScopedPolicies = map[string]struct {
 	cmd   string
 	roles []string
 }{
-	"users.lookup_by_email":            {cmd: "SELECT", roles: []string{"keyrelay_lookup"}},
-	"outbox.relay_read":                {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
-	"outbox.relay_mark":                {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
-	"sessions.janitor_read":            {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"sessions.janitor_delete":          {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
-	"password_resets.janitor_read":     {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"password_resets.janitor_delete":   {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
-	"login_challenges.janitor_read":    {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"login_challenges.janitor_delete":  {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
-	"webhook_deliveries.relay_read":    {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
-	"webhook_deliveries.relay_claim":   {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
-	"keys.relay_read":                  {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
-	"box_status.relay_read":            {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // metrics (00021)
-	"boxes.relay_read":                 {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // metrics (00021)
-	"box_bundle_changes.relay_read":    {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // bundle workers (00024)
-	"firmware_rollouts.firmware_read":  {cmd: "SELECT", roles: []string{"keyrelay_firmware"}},
-	"outbox.janitor_read":              {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"outbox.janitor_purge":             {cmd: "UPDATE", roles: []string{"keyrelay_janitor"}},
-	"pickup_challenges.janitor_read":   {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"pickup_challenges.janitor_delete": {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
-	"bookings.janitor_read":            {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
-	"alias_codes.janitor_read":         {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"users.lookup_by_email":              {cmd: "SELECT", roles: []string{"keyrelay_lookup"}},
+	"outbox.relay_read":                  {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
+	"outbox.relay_mark":                  {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
+	"sessions.janitor_read":              {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"sessions.janitor_delete":            {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"password_resets.janitor_read":       {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"password_resets.janitor_delete":     {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"login_challenges.janitor_read":      {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"login_challenges.janitor_delete":    {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"webhook_deliveries.relay_read":      {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
+	"webhook_deliveries.relay_claim":     {cmd: "UPDATE", roles: []string{"keyrelay_relay"}},
+	"keys.relay_read":                    {cmd: "SELECT", roles: []string{"keyrelay_relay"}},
+	"box_status.relay_read":              {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // metrics (00021)
+	"boxes.relay_read":                   {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // metrics (00021)
+	"box_bundle_changes.relay_read":      {cmd: "SELECT", roles: []string{"keyrelay_relay"}}, // bundle workers (00024)
+	"firmware_rollouts.firmware_read":    {cmd: "SELECT", roles: []string{"keyrelay_firmware"}},
+	"outbox.janitor_read":                {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"outbox.janitor_purge":               {cmd: "UPDATE", roles: []string{"keyrelay_janitor"}},
+	"pickup_challenges.janitor_read":     {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"pickup_challenges.janitor_delete":   {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
+	"bookings.janitor_read":              {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"alias_codes.janitor_read":           {cmd: "SELECT", roles: []string{"keyrelay_janitor"}},
+	"idempotency_answers.janitor_read":   {cmd: "SELECT", roles: []string{"keyrelay_janitor"}}, // 00029
+	"idempotency_answers.janitor_delete": {cmd: "DELETE", roles: []string{"keyrelay_janitor"}},
 }
 
 func ownerConn(t *testing.T, rawURL string) *pgx.Conn {

@@ -4,16 +4,22 @@
 //   - message bodies and recipients are purged MessageBodies after the
 //     message was created, once it is finished (sent, delivered, failed or
 //     cancelled); the delivery record stays (retention_purge_messages);
+//
 //   - pickup challenges, which hold the phone number typed at a box, are
 //     deleted a day after they expired (retention_sweep_challenges);
+//
 //   - bookings that ended or were revoked more than Visitors ago, and
 //     alias codes retired that long ago, lose the visitor's name, phone
 //     and email (tenants/visitors.AnonymiseEnded), tenant by tenant.
 //
+//   - the durable copies of idempotent answers (app/idempotency.go) go a
+//     day after they were written, the lifetime of an Idempotency-Key
+//     (retention_sweep_idempotency); their Redis copies and the
+//     brute-force counters keyed by phone number (tenants/guard) expire
+//     with their TTLs.
+//
 // Sessions, reset tokens and login challenges are the janitor's
-// (jobs/janitor). Idempotency records need no sweep: they live in Redis
-// with a 24-hour TTL set when they are written (app/idempotency.go), as do
-// the brute-force counters keyed by phone number (tenants/guard).
+// (jobs/janitor).
 //
 // The cross-tenant steps are SECURITY DEFINER functions owned by
 // keyrelay_janitor (migrations/00022_retention.sql), which can read ids and
@@ -85,9 +91,11 @@ func New(db *gorm.DB, scope Scope, cfg Config, log *slog.Logger) (*Job, error) {
 type Swept struct {
 	MessageBodies    int
 	PickupChallenges int
-	Tenants          int
-	Bookings         int
-	AliasCodes       int
+	// IdempotentAnswers: durable copies of answers past their key's day.
+	IdempotentAnswers int
+	Tenants           int
+	Bookings          int
+	AliasCodes        int
 }
 
 // Sweep runs every step once. A tenant whose anonymisation fails does not
@@ -107,6 +115,16 @@ func (j *Job) Sweep(ctx context.Context) (Swept, error) {
 	}
 	if err := j.db.WithContext(ctx).Raw("SELECT retention_sweep_challenges()").Scan(&out.PickupChallenges).Error; err != nil {
 		return out, fmt.Errorf("retention: sweep pickup challenges: %w", err)
+	}
+	for {
+		var n int
+		if err := j.db.WithContext(ctx).Raw("SELECT retention_sweep_idempotency(?)", j.cfg.Batch).Scan(&n).Error; err != nil {
+			return out, fmt.Errorf("retention: sweep idempotent answers: %w", err)
+		}
+		out.IdempotentAnswers += n
+		if n < j.cfg.Batch {
+			break
+		}
 	}
 	before := j.now().Add(-j.cfg.Visitors)
 	var due []uuid.UUID
