@@ -45,6 +45,7 @@ INSERT INTO outbox (tenant_id, id, kind, channel, recipient, payload, language, 
 INSERT INTO outbox (tenant_id, id, kind, channel, recipient, payload, language, priority, status, created_at, updated_at, not_before, time_zone, relayed_at) VALUES ('{T}', gen_random_uuid(), 'return_reminder', 'sms', '+14155550199', decode(repeat(md5(random()::text), 10), 'hex'), 'en', 'low', 'queued', now(), now(), NULL, 'Europe/Paris', now()) RETURNING id AS reminder_id \gset
 INSERT INTO booking_reminders (tenant_id, outbox_id, booking_id, kind, created_at) VALUES ('{T}', :reminder_id, :booking_id, 'return_reminder', now());
 INSERT INTO audit_events (tenant_id, id, actor, action, target, details, client_ip, created_at) VALUES ('{T}', gen_random_uuid(), 'api_key:' || '{A}', 'booking.created', 'booking:' || :booking_id, '{"hold": "false", "kind": "one_time", "key_id": "{K}", "notify_via": "sms"}', '127.0.0.1', now());
+INSERT INTO idempotency_answers (tenant_id, key_hash, body_hash, status, content_type, sealed) VALUES (NULLIF(current_setting('app.tenant_id', true), '')::uuid, sha256(random()::text::bytea), sha256(random()::text::bytea), 201, 'application/json', decode(repeat(md5(random()::text), 60), 'hex'));
 `
 	if webhooks {
 		s += `SELECT id FROM webhook_endpoints WHERE disabled_at IS NULL AND (events = '[]'::jsonb OR events @> jsonb_build_array('booking.created'::text));
