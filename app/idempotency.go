@@ -147,13 +147,8 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 			panic(r)
 		}
 	}()
-	store := func(status int, contentType string, body []byte) {
+	store := func(status int, contentType string, sealed []byte) {
 		release()
-		sealed, err := a.box.Seal(body, []byte(redisKey))
-		if err != nil {
-			dropMark.Run(ctx, a.redis, []string{redisKey}, pending)
-			return
-		}
 		done, _ := json.Marshal(idemRecord{State: "done", BodyHash: bodyHash, Status: status, ContentType: contentType, Sealed: sealed})
 		stored, err := storeAnswer.Run(ctx, a.redis, []string{redisKey}, pending, done, idempotencyTTL.Milliseconds()).Int()
 		switch {
@@ -184,7 +179,7 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 				drop()
 				return fmt.Errorf("idempotency: open the durable answer: %w", err)
 			}
-			store(earlier.status, earlier.contentType, body)
+			store(earlier.status, earlier.contentType, earlier.sealed)
 			return sendReplay(c, earlier.status, earlier.contentType, body)
 		}
 	}
@@ -200,21 +195,25 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 		drop()
 		return nil
 	}
-	// Copy now: the response buffer is reused once the request ends.
-	body := bytes.Clone(c.Response().Body())
+	// Sealed now, once for both stores: the response buffer is reused once
+	// the request ends.
 	contentType := string(c.Response().Header.ContentType())
+	sealed, serr := a.box.Seal(c.Response().Body(), []byte(redisKey))
 	if status < 400 && inTx {
-		if err := a.keepDurable(c.UserContext(), redisKey, durableAnswer{keyHash: rk[:], bodyHash: bh[:], status: status, contentType: contentType}, body); err != nil {
+		if serr == nil {
+			serr = keepDurable(c.UserContext(), durableAnswer{keyHash: rk[:], bodyHash: bh[:], status: status, contentType: contentType, sealed: sealed})
+		}
+		if serr != nil {
 			drop()
-			return err
+			return fmt.Errorf("idempotency: keep the answer: %w", serr)
 		}
 	}
 	finish := func(final bool) {
-		if !final {
+		if !final || serr != nil {
 			drop()
 			return
 		}
-		store(status, contentType, body)
+		store(status, contentType, sealed)
 	}
 	if !afterTx(c, finish) {
 		finish(true)
@@ -235,17 +234,9 @@ type durableAnswer struct {
 // commits with the change it describes, in the COMMIT's round trip. A row
 // already there (an earlier try committed, and its Redis records were
 // lost) fails the commit: the retry never commits a second change.
-func (a *App) keepDurable(ctx context.Context, redisKey string, ans durableAnswer, body []byte) error {
-	sealed, err := a.box.Seal(body, []byte(redisKey))
-	if err != nil {
-		return fmt.Errorf("idempotency: seal the answer: %w", err)
-	}
-	err = tenants.ExecLater(ctx, `INSERT INTO idempotency_answers (tenant_id, key_hash, body_hash, status, content_type, sealed)
-		VALUES (NULLIF(current_setting('app.tenant_id', true), '')::uuid, $1, $2, $3, $4, $5)`, ans.keyHash, ans.bodyHash, ans.status, ans.contentType, sealed)
-	if err != nil {
-		return fmt.Errorf("idempotency: keep the answer: %w", err)
-	}
-	return nil
+func keepDurable(ctx context.Context, ans durableAnswer) error {
+	return tenants.ExecLater(ctx, `INSERT INTO idempotency_answers (tenant_id, key_hash, body_hash, status, content_type, sealed)
+		VALUES (NULLIF(current_setting('app.tenant_id', true), '')::uuid, $1, $2, $3, $4, $5)`, ans.keyHash, ans.bodyHash, ans.status, ans.contentType, ans.sealed)
 }
 
 // errAnsweredMeanwhile: the commit met the answer of an earlier try with

@@ -491,8 +491,7 @@ func TestReplicasSurviveKill(t *testing.T) {
 				bt.lastErr = fmt.Sprintf("%d %s", status, raw)
 				time.Sleep(200 * time.Millisecond)
 			default:
-				// A try cut off after its commit, before its answer was
-				// stored, leaves the booking in the way of its retry.
+				// Any other answer is final (an overlap's 409, a 4xx).
 				bt.lastErr = fmt.Sprintf("%d %s", status, raw)
 				return
 			}

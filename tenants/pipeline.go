@@ -3,7 +3,6 @@ package tenants
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -319,9 +318,9 @@ func QueryRow(ctx context.Context, query string, args ...any) Row {
 
 // Scan runs the query and reads its row into dest.
 func (r Row) Scan(dest ...any) error {
-	st, ok := r.ctx.Value(txKey{}).(scopedTx)
-	if !ok {
-		return errors.New("tenants: no tenant transaction in context")
+	st, err := scopedOf(r.ctx)
+	if err != nil {
+		return err
 	}
 	t := st.pipe
 	if t == nil {
@@ -346,9 +345,9 @@ func (r Row) Scan(dest ...any) error {
 // Its failure fails that statement or the commit, so the transaction never
 // commits without it. Outside a transaction Begin opened it runs at once.
 func ExecLater(ctx context.Context, query string, args ...any) error {
-	st, ok := ctx.Value(txKey{}).(scopedTx)
-	if !ok {
-		return errors.New("tenants: no tenant transaction in context")
+	st, err := scopedOf(ctx)
+	if err != nil {
+		return err
 	}
 	t := st.pipe
 	if t == nil {
@@ -374,9 +373,9 @@ func ExecLater(ctx context.Context, query string, args ...any) error {
 // before it must be harmless when the check fails, or be preceded by
 // Verify.
 func CheckLater(ctx context.Context, check func(scan func(dest ...any) error) error, query string, args ...any) error {
-	st, ok := ctx.Value(txKey{}).(scopedTx)
-	if !ok {
-		return errors.New("tenants: no tenant transaction in context")
+	st, err := scopedOf(ctx)
+	if err != nil {
+		return err
 	}
 	t := st.pipe
 	if t == nil {

@@ -156,11 +156,23 @@ func Committed(ctx context.Context) {
 // every query; a missing transaction is a programming error, reported as
 // such rather than silently querying outside any tenant.
 func Tx(ctx context.Context) (*gorm.DB, error) {
-	st, ok := ctx.Value(txKey{}).(scopedTx)
-	if !ok {
-		return nil, errors.New("tenants: no tenant transaction in context")
+	st, err := scopedOf(ctx)
+	if err != nil {
+		return nil, err
 	}
 	return st.tx.WithContext(ctx), nil
+}
+
+// errNoTx is a programming error: a query outside any tenant.
+var errNoTx = errors.New("tenants: no tenant transaction in context")
+
+// scopedOf is ctx's tenant transaction, or errNoTx.
+func scopedOf(ctx context.Context) (scopedTx, error) {
+	st, ok := ctx.Value(txKey{}).(scopedTx)
+	if !ok {
+		return scopedTx{}, errNoTx
+	}
+	return st, nil
 }
 
 // TenantOf returns the tenant of ctx's transaction.

@@ -4,25 +4,22 @@
 //   - message bodies and recipients are purged MessageBodies after the
 //     message was created, once it is finished (sent, delivered, failed or
 //     cancelled); the delivery record stays (retention_purge_messages);
-//
 //   - pickup challenges, which hold the phone number typed at a box, are
 //     deleted a day after they expired (retention_sweep_challenges);
-//
+//   - the durable copies of idempotent answers (app/idempotency.go) are
+//     deleted a day after they were written, the lifetime of an
+//     Idempotency-Key (retention_sweep_idempotency);
 //   - bookings that ended or were revoked more than Visitors ago, and
 //     alias codes retired that long ago, lose the visitor's name, phone
 //     and email (tenants/visitors.AnonymiseEnded), tenant by tenant.
 //
-//   - the durable copies of idempotent answers (app/idempotency.go) go a
-//     day after they were written, the lifetime of an Idempotency-Key
-//     (retention_sweep_idempotency); their Redis copies and the
-//     brute-force counters keyed by phone number (tenants/guard) expire
-//     with their TTLs.
-//
+// The Redis copies of idempotent answers and the brute-force counters
+// keyed by phone number (tenants/guard) expire with their TTLs.
 // Sessions, reset tokens and login challenges are the janitor's
 // (jobs/janitor).
 //
 // The cross-tenant steps are SECURITY DEFINER functions owned by
-// keyrelay_janitor (migrations/00022_retention.sql), which can read ids and
+// keyrelay_janitor (migrations/00022_retention.sql, 00029), which can read ids and
 // times and overwrite, never read, the purged columns. Running the job on
 // several replicas at once is harmless: every step is idempotent, and
 // purges skip rows another replica holds.
@@ -102,29 +99,17 @@ type Swept struct {
 // stop the others; the first error is returned after all were tried.
 func (j *Job) Sweep(ctx context.Context) (Swept, error) {
 	var out Swept
-	for {
-		var n int
-		err := j.db.WithContext(ctx).Raw("SELECT retention_purge_messages(make_interval(secs => ?), ?)", j.cfg.MessageBodies.Seconds(), j.cfg.Batch).Scan(&n).Error
-		if err != nil {
-			return out, fmt.Errorf("retention: purge messages: %w", err)
-		}
-		out.MessageBodies += n
-		if n < j.cfg.Batch {
-			break
-		}
+	var err error
+	out.MessageBodies, err = j.inBatches(ctx, "SELECT retention_purge_messages(make_interval(secs => ?), ?)", j.cfg.MessageBodies.Seconds())
+	if err != nil {
+		return out, fmt.Errorf("retention: purge messages: %w", err)
 	}
 	if err := j.db.WithContext(ctx).Raw("SELECT retention_sweep_challenges()").Scan(&out.PickupChallenges).Error; err != nil {
 		return out, fmt.Errorf("retention: sweep pickup challenges: %w", err)
 	}
-	for {
-		var n int
-		if err := j.db.WithContext(ctx).Raw("SELECT retention_sweep_idempotency(?)", j.cfg.Batch).Scan(&n).Error; err != nil {
-			return out, fmt.Errorf("retention: sweep idempotent answers: %w", err)
-		}
-		out.IdempotentAnswers += n
-		if n < j.cfg.Batch {
-			break
-		}
+	out.IdempotentAnswers, err = j.inBatches(ctx, "SELECT retention_sweep_idempotency(?)")
+	if err != nil {
+		return out, fmt.Errorf("retention: sweep idempotent answers: %w", err)
 	}
 	before := j.now().Add(-j.cfg.Visitors)
 	var due []uuid.UUID
@@ -151,6 +136,22 @@ func (j *Job) Sweep(ctx context.Context) (Swept, error) {
 		out.AliasCodes += a.AliasCodes
 	}
 	return out, first
+}
+
+// inBatches runs a step that changes at most Batch rows per call (query's
+// last placeholder) until a call changes fewer, and returns the total.
+func (j *Job) inBatches(ctx context.Context, query string, args ...any) (int, error) {
+	total := 0
+	for {
+		var n int
+		if err := j.db.WithContext(ctx).Raw(query, append(args, j.cfg.Batch)...).Scan(&n).Error; err != nil {
+			return total, err
+		}
+		total += n
+		if n < j.cfg.Batch {
+			return total, nil
+		}
+	}
 }
 
 // Run sweeps every period until ctx ends.
