@@ -364,7 +364,8 @@ type bookingTry struct {
 	lastErr  string    // why it has no 201, when it has none
 	at       time.Time // when the 201 came
 	// straddled: a try was on its way while the replicas were being
-	// killed, so it may have been cut off mid-request.
+	// killed, so it may have been cut off mid-request (reported: such a
+	// booking must still end with one 201 and one row).
 	straddled bool
 }
 
@@ -649,8 +650,11 @@ func TestReplicasSurviveKill(t *testing.T) {
 	// Every 201 is in the database, once; a try that never got one is
 	// either absent or there exactly once (never twice: the same window).
 	var acked []string
-	unanswered, replayed := 0, 0
+	unanswered, replayed, straddled := 0, 0, 0
 	for i, bt := range tries {
+		if bt.straddled {
+			straddled++
+		}
 		if i >= nBookings && bt.id != "" {
 			t.Logf("booking %d, cut off by the kill, acknowledged %v after it on try %d", i, bt.at.Sub(killedAt).Round(time.Millisecond), bt.tries+1)
 		}
@@ -661,16 +665,20 @@ func TestReplicasSurviveKill(t *testing.T) {
 			}
 			continue
 		}
+		// Even a try cut off between its COMMIT and the answer's copy in
+		// Redis leaves the answer in PostgreSQL (idempotency_answers), so
+		// its retry replays the 201 instead of meeting its own booking as
+		// an overlap: every booking ends with one.
 		unanswered++
-		if i >= nBookings {
-			t.Errorf("booking %d, cut off by the kill before it wrote anything, got no 201 after %d tries: %s", i, bt.tries, bt.lastErr)
-		} else if !bt.straddled {
-			t.Errorf("booking %d, not in flight at the kill, got no 201 after %d tries: %s", i, bt.tries, bt.lastErr)
-		}
 		n := ownerCount(t, `SELECT count(*) FROM bookings WHERE tenant_id = $1 AND key_id = $2 AND starts_at = $3`, tenantID, bt.keyID, bt.startsAt)
-		t.Logf("booking of key %s at %s, in flight at the kill, got no 201 after %d tries (last: %s); in the database: %d", bt.keyID, bt.startsAt.Format(time.RFC3339), bt.tries, bt.lastErr, n)
-		if n > 1 {
-			t.Errorf("booking at %s is in the database %d times", bt.startsAt, n)
+		t.Errorf("booking %d (in flight at the kill: %v) got no 201 after %d tries (last: %s); in the database: %d", i, bt.straddled, bt.tries, bt.lastErr, n)
+	}
+	t.Logf("%d bookings had a try on its way during the kill; %d 201s were replays", straddled, replayed)
+	// Each booking once: the windows are distinct, so a booking there
+	// twice would be one request run twice.
+	for _, bt := range tries {
+		if n := ownerCount(t, `SELECT count(*) FROM bookings WHERE tenant_id = $1 AND key_id = $2 AND starts_at = $3`, tenantID, bt.keyID, bt.startsAt); n != 1 {
+			t.Errorf("booking of key %s at %s is in the database %d times", bt.keyID, bt.startsAt.Format(time.RFC3339), n)
 		}
 	}
 	if got := ownerCount(t, `SELECT count(*) FROM bookings WHERE tenant_id = $1 AND id = ANY($2::uuid[])`, tenantID, acked); got != int64(len(acked)) {
