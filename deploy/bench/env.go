@@ -280,8 +280,17 @@ func withDB(server, name, user string) (string, error) {
 // pgbenchArgs are the connection flags for pgbench as the application role.
 func (e *env) pgbenchConn() []string {
 	u, _ := url.Parse(e.appURL)
-	host, port, _ := net.SplitHostPort(u.Host)
-	return []string{"-h", host, "-p", port, "-U", u.User.Username(), strings.TrimPrefix(u.Path, "/")}
+	var args []string
+	// A socket directory travels as ?host=/dir (libpq's and pgx's form),
+	// and then the URL has no host:port part.
+	if dir := u.Query().Get("host"); dir != "" {
+		args = append(args, "-h", dir)
+	} else if host, port, err := net.SplitHostPort(u.Host); err == nil {
+		args = append(args, "-h", host, "-p", port)
+	} else if u.Host != "" {
+		args = append(args, "-h", u.Host)
+	}
+	return append(args, "-U", u.User.Username(), strings.TrimPrefix(u.Path, "/"))
 }
 
 func moduleRoot() (string, error) {
