@@ -374,7 +374,10 @@ func TestBookingsResend(t *testing.T) {
 	body["notify_via"], body["visitor"].(map[string]any)["email"] = "email", email
 	id := w.Owner.expect(t, 201, "POST", "/api/v1/bookings", body).JSON(t)["id"].(string)
 
-	r := w.Owner.do(t, "POST", "/api/v1/bookings/"+id+"/resend", nil)
+	// An integration retries a refusal with its Idempotency-Key once
+	// Retry-After has passed: the 429 is not kept, so the retry runs.
+	idem := uuid.NewString()
+	r := w.Owner.do(t, "POST", "/api/v1/bookings/"+id+"/resend", nil, "Idempotency-Key", idem)
 	problemOf(t, r, 429)
 	after, err := strconv.Atoi(r.Header.Get("Retry-After"))
 	if err != nil || after < 3590 || after > 3600 {
@@ -385,7 +388,7 @@ func TestBookingsResend(t *testing.T) {
 	}
 	// An hour and a bit later (the clock is the database's record).
 	ownerExec(t, "UPDATE bookings SET sent_at = sent_at - interval '61 minutes' WHERE id = $1", uuid.MustParse(id))
-	m := w.Owner.expect(t, 200, "POST", "/api/v1/bookings/"+id+"/resend", nil).JSON(t)
+	m := w.Owner.expect(t, 200, "POST", "/api/v1/bookings/"+id+"/resend", nil, "Idempotency-Key", idem).JSON(t)
 	if m["resent_at"] == nil {
 		t.Fatalf("resent_at not set: %v", m)
 	}
@@ -626,6 +629,16 @@ func TestBookingsAPIKeyIdempotent(t *testing.T) {
 	action := ownerQuery[string](t, "SELECT string_agg(action, ',' ORDER BY id) FROM audit_events WHERE tenant_id = $1 AND target = $2", w.ID, "booking:"+id)
 	if action != "booking.created,booking.revoked" {
 		t.Fatalf("audit of the booking: %s", action)
+	}
+	// The same key (and the same empty body) on another booking is another
+	// request: it revokes that booking instead of replaying the first.
+	other := integ.expect(t, 201, "POST", "/api/v1/bookings", bkBody(key, bkPhone(), time.Now().Add(3*time.Hour), time.Now().Add(4*time.Hour))).JSON(t)["id"].(string)
+	r3 := integ.expect(t, 200, "POST", "/api/v1/bookings/"+other+"/revoke", nil, "Idempotency-Key", idem)
+	if r3.Header.Get("Idempotent-Replayed") != "" || r3.JSON(t)["id"] != other {
+		t.Fatalf("revoking another booking with the same key answered %s (replayed: %q)", r3.Body, r3.Header.Get("Idempotent-Replayed"))
+	}
+	if n := ownerQuery[int64](t, "SELECT count(*) FROM bookings WHERE id = $1 AND revoked_at IS NOT NULL", uuid.MustParse(other)); n != 1 {
+		t.Fatal("the second booking was not revoked")
 	}
 }
 

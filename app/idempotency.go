@@ -92,7 +92,9 @@ type idemRecord struct {
 // scoped to the caller's credential (anonymous callers: their address), so
 // two callers never see each other's answers; on authenticated routes it
 // runs after authenticate, so a credential that has since ended replays
-// nothing. 5xx answers are not stored: the retry runs again.
+// nothing. 5xx and 429 answers are not stored: the retry runs again.
+// Keys are per request target (method and path with its query), so one
+// key reused on two resources is two requests.
 //
 // Inside a tenant transaction the answer is stored only once the
 // transaction has committed (or rolled back for a 4xx, which is final too),
@@ -114,7 +116,10 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 		who = "anonymous:" + c.IP()
 	}
 	scope := sha256.Sum256([]byte(who))
-	rk := sha256.Sum256(bytes.Join([][]byte{scope[:], []byte(c.Method()), []byte(c.Route().Path), []byte(key)}, []byte{0}))
+	// The request's own target, not its route's pattern: the same key sent
+	// to revoke two bookings is two requests, and the second must not get
+	// the first one's answer.
+	rk := sha256.Sum256(bytes.Join([][]byte{scope[:], []byte(c.Method()), []byte(c.OriginalURL()), []byte(key)}, []byte{0}))
 	redisKey := "keyrelay:idem:" + hex.EncodeToString(rk[:])
 	// ranKey shares redisKey's Cluster slot (its hash tag is redisKey).
 	ranKey := "{" + redisKey + "}:ran"
@@ -191,7 +196,9 @@ func (a *App) idempotent(c *fiber.Ctx) error {
 		}
 	}
 	status := c.Response().StatusCode()
-	if status >= 500 {
+	if status >= 500 || status == fiber.StatusTooManyRequests {
+		// Not final: a 429 says "later" (Retry-After), and a retry after
+		// that wait must run, not replay the refusal for a day.
 		drop()
 		return nil
 	}
