@@ -332,6 +332,47 @@ func TestPickupWithPhone(t *testing.T) {
 	})
 }
 
+// TestPickupByPhoneRechecksAccess: what staff change between the two
+// steps of a pickup by phone counts, and only the owner's number may skip
+// the second factor.
+func TestPickupByPhoneRechecksAccess(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 1, 2)
+	t.Run("ErrBookingRevokedMeanwhile", func(t *testing.T) {
+		id, _ := st.book(t, 1, -time.Minute, time.Hour)
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": "+14155550199"})
+		if r.Result != "challenge" {
+			t.Fatalf("result %+v, want a challenge", r)
+		}
+		code := s.exchangeCode(t, f.ID, "+14155550199")
+		f.Owner.expect(t, 200, "POST", "/api/v1/bookings/"+id+"/revoke", nil)
+		wantDenied(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "code": code}), exchange.Revoked)
+		if w := st.keyState(t, 1); w["state"] != "in_bin" {
+			t.Fatalf("key 1 %v, want still in its bin", w)
+		}
+	})
+	staffPhone := "+14155550" + fmt.Sprint(300+time.Now().Nanosecond()%600)
+	staff := f.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Sam Staff", "email": "sam-" + uuid.NewString()[:8] + "@example.com", "phone": staffPhone, "role": "staff"}).JSON(t)["id"].(string)
+	t.Run("ErrStaffDisabledMeanwhile", func(t *testing.T) {
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": staffPhone})
+		if r.Result != "challenge" || r.Channel != "sms" {
+			t.Fatalf("result %+v, want an SMS challenge", r)
+		}
+		code := s.exchangeCode(t, f.ID, staffPhone)
+		f.Owner.expect(t, 200, "PATCH", "/api/v1/users/"+staff, map[string]any{"disabled": true})
+		wantDenied(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "code": code, "key_id": st.keys[2]}), exchange.NoAccess)
+		f.Owner.expect(t, 200, "PATCH", "/api/v1/users/"+staff, map[string]any{"disabled": false})
+	})
+	t.Run("StaffNeedsCodeWith2FAOff", func(t *testing.T) {
+		f.Owner.expect(t, 200, "PUT", "/api/v1/security", map[string]any{"owner_pickups_2fa": false, "visitor_pickups": "sms"})
+		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": staffPhone})
+		if r.Result != "challenge" || r.Channel != "sms" {
+			t.Fatalf("result %+v, want an SMS challenge: the policy exempts the owner only", r)
+		}
+	})
+}
+
 func atoi(s string) int {
 	n := 0
 	fmt.Sscanf(s, "%d", &n)
