@@ -212,6 +212,31 @@ func TestPickupByRevokedBox(t *testing.T) {
 	wantOpen(t, st.call(t, "/box/v1/pickups", map[string]any{"code": code}), 1)
 }
 
+// TestArchivedBoxLosesCredential: an archived box is a retired one; its
+// credential goes with it, and the events it would send (moving a key into
+// a box nobody sees) are refused.
+func TestArchivedBoxLosesCredential(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f)
+	ctx := context.Background()
+	if status, body, err := st.box.Request(ctx, "GET", "/box/v1/me", nil); err != nil || status != 200 {
+		t.Fatalf("live box: %d %s %v", status, body, err)
+	}
+	f.Owner.expect(t, 204, "DELETE", "/api/v1/boxes/"+st.boxID, nil)
+	for _, r := range []struct {
+		method, path string
+		body         any
+	}{{"GET", "/box/v1/me", nil}, {"POST", "/box/v1/events", map[string]any{"events": []any{map[string]any{"type": "bin_closed", "bin": 1}}}}} {
+		if status, body, err := st.box.Request(ctx, r.method, r.path, r.body); err != nil || status != 401 {
+			t.Errorf("archived box, %s %s: %d %s %v; want 401", r.method, r.path, status, body, err)
+		}
+	}
+	if n := ownerCount(t, "SELECT count(*) FROM box_credentials WHERE box_id = $1 AND revoked_at IS NOT NULL AND revoked_by = 'box_archived'", uuid.MustParse(st.boxID)); n != 1 {
+		t.Errorf("%d credentials revoked by the archive, want 1", n)
+	}
+}
+
 func TestBoxCooldown(t *testing.T) {
 	s := startServer(t)
 	f := s.signup(t)
