@@ -522,6 +522,14 @@ func TestPickupWithBookingURL(t *testing.T) {
 		ownerExec(t, `UPDATE box_credentials SET last_seen_at = now() - interval '10 minutes' WHERE box_id = $1`, boxID)
 		wantDenied(t, open(screen(time.Now())), exchange.BoxOffline)
 	})
+	t.Run("ErrLocked", func(t *testing.T) {
+		// Locked by wrong tries at the box: the URL opens nothing either.
+		if err := st.box.Call(ctx, 200, "GET", "/box/v1/me", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		ownerExec(t, `UPDATE bookings SET locked_at = now() WHERE id = $1`, uuid.MustParse(bookingID))
+		wantDenied(t, open(screen(time.Now())), exchange.Locked)
+	})
 }
 
 // Ten wrong second factors against a booking lock it (the owner is told

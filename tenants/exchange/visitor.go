@@ -44,6 +44,7 @@ func (s *Service) OpenFromPage(ctx context.Context, token string, in OpenInput) 
 	var g grant
 	err = tx.Raw(`SELECT b.id AS booking_id, b.key_id, k.name AS key_name, b.starts_at, b.ends_at, b.revoked_at,
 			(b.hold AND b.released_at IS NULL) AS held, k.state AS key_state, k.box_id AS key_box_id, k.bin AS key_bin,
+			b.locked_at IS NOT NULL AS locked,
 			(SELECT max(c.last_seen_at) FROM box_credentials c WHERE c.box_id = k.box_id AND c.revoked_at IS NULL) AS last_seen_at
 		FROM bookings b JOIN keys k ON k.tenant_id = b.tenant_id AND k.id = b.key_id AND k.deleted_at IS NULL
 		WHERE b.url_token_hash = ?`, bookings.URLTokenHash(token)).Take(&g).Error
@@ -60,6 +61,11 @@ func (s *Service) OpenFromPage(ctx context.Context, token string, in OpenInput) 
 	}
 	if reason := g.refusal(now); reason != "" {
 		return deny(reason)
+	}
+	// A booking locked after wrong tries at the box stays locked for its
+	// URL too, until staff unlock it.
+	if g.Locked {
+		return deny(Locked)
 	}
 	if g.KeyState != "in_bin" || g.KeyBoxID == nil || g.KeyBin == nil {
 		return deny(KeyNotHere)
