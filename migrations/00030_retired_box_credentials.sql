@@ -19,6 +19,24 @@ CREATE TRIGGER devices_box_archived AFTER UPDATE OF deleted_at ON boxes
     FOR EACH ROW WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL)
     EXECUTE FUNCTION devices_box_archived();
 
+-- A revoked credential (a stolen box, or one archived) takes the box's
+-- undelivered and unacknowledged commands with it: a long poll the thief
+-- had open when staff revoked would otherwise still be handed an "open
+-- bin", and so would the replacement box provisioned after it.
+-- +goose StatementBegin
+CREATE FUNCTION commands_credential_revoked() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE box_commands SET expires_at = greatest(now(), created_at + interval '1 microsecond')
+    WHERE tenant_id = NEW.tenant_id AND box_id = NEW.box_id AND acked_at IS NULL AND expires_at > now();
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+CREATE TRIGGER commands_credential_revoked AFTER UPDATE OF revoked_at ON box_credentials
+    FOR EACH ROW WHEN (OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL)
+    EXECUTE FUNCTION commands_credential_revoked();
+
 -- Boxes archived before this migration, in every tenant: the owner sets
 -- no tenant, so row security is lifted for this one statement (inside
 -- goose's transaction) and put back.
@@ -29,5 +47,7 @@ WHERE b.tenant_id = c.tenant_id AND b.id = c.box_id AND b.deleted_at IS NOT NULL
 ALTER TABLE box_credentials FORCE ROW LEVEL SECURITY;
 
 -- +goose Down
+DROP TRIGGER commands_credential_revoked ON box_credentials;
+DROP FUNCTION commands_credential_revoked();
 DROP TRIGGER devices_box_archived ON boxes;
 DROP FUNCTION devices_box_archived();
