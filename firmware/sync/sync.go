@@ -17,6 +17,7 @@ import (
 	"github.com/keyrelay/keyrelay/firmware/offline"
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
 // MaxEvents bounds one batch (about 300 bytes an entry, under the 1 MiB
@@ -35,9 +36,9 @@ type Alerts interface {
 	AlertAdmins(ctx context.Context, kind string, data map[string]string) error
 }
 
-// Emit writes a tenant webhook event in the caller's transaction
-// (tenants/webhooks.Emit).
-type Emit func(ctx context.Context, event string, data any) error
+// Emit writes tenant webhook events in the caller's transaction, all of a
+// batch's in one statement (tenants/webhooks.EmitAll).
+type Emit func(ctx context.Context, events ...webhooks.Event) error
 
 // Deps are the service's collaborators; Emit may be nil (no webhooks).
 type Deps struct {
@@ -344,7 +345,7 @@ func (s *Service) raise(ctx context.Context, p tenants.Principal, boxName string
 		return err
 	}
 	if s.emit != nil {
-		return s.emit(ctx, "sync.conflict", data)
+		return s.emit(ctx, webhooks.Event{Type: webhooks.SyncConflict, Data: data})
 	}
 	return nil
 }
@@ -434,6 +435,17 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 
 	conflicts := map[uint64]Conflict{}
 	var entries []audit.Event
+	// The same events, with the same data, as exchange emits for a pickup
+	// and a return online, so that an integration sees every key movement;
+	// offline and box_time tell it this one happened while the box was
+	// offline, and when by the box's clock (at is the server's time, as
+	// for the key's records). Only entries stored by this batch get here:
+	// a resent entry is cut off in Ingest, so it never emits twice.
+	var events []webhooks.Event
+	offlineEvent := func(e parsed, event string, data map[string]any) {
+		data["offline"], data["box_time"], data["seq"] = true, e.BoxTime.UTC(), e.Seq
+		events = append(events, webhooks.Event{Type: event, Data: data})
+	}
 	auditEntry := func(e parsed, action string, details map[string]string) {
 		details["seq"] = strconv.FormatUint(e.Seq, 10)
 		details["bin"] = strconv.Itoa(e.Bin)
@@ -499,6 +511,8 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 			}
 			k.OutBy = &by
 			auditEntry(e, "key.picked_up", details)
+			offlineEvent(e, webhooks.KeyPickedUp, map[string]any{"key_id": k.ID, "box_id": p.BoxID, "bin": e.Bin, "booking_id": access,
+				"at": now.UTC(), "due_at": k.OutUntil})
 		case KindDropoff:
 			k := byFob[e.FobSerial]
 			details := map[string]string{"fob_serial": e.FobSerial}
@@ -516,6 +530,12 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 			if k.OutAccessID != nil {
 				details["booking"] = k.OutAccessID.String()
 			}
+			// As online (exchange's binClosed): a key that the records had
+			// in a bin was moved, not returned, and is no event.
+			if k.State == "out" || k.State == "missing" {
+				offlineEvent(e, webhooks.KeyReturned, map[string]any{"key_id": k.ID, "key_name": k.Name, "box_id": p.BoxID, "bin": e.Bin,
+					"booking_id": k.OutAccessID, "at": now.UTC()})
+			}
 			bin, boxID := e.Bin, p.BoxID
 			k.State, k.BoxID, k.Bin, k.OutAccessID, k.OutUntil, k.OutBy, k.changed = "in_bin", &boxID, &bin, nil, nil, nil, true
 			auditEntry(e, "key.returned", details)
@@ -526,6 +546,11 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 	}
 	if err := insertAudit(ctx, tx, entries); err != nil {
 		return nil, err
+	}
+	if s.emit != nil && len(events) > 0 {
+		if err := s.emit(ctx, events...); err != nil {
+			return nil, err
+		}
 	}
 	// Conflicts are stored (journal rows and incidents) and raised; a
 	// flood of them alerts in full only up to maxAlerts per batch.

@@ -35,6 +35,12 @@
 //   - key state updated as exchange does for online events (a pickup takes
 //     the key out with its access, a dropoff puts it in that bin); server
 //     times win for records, box times are kept beside them;
+//   - the webhook events exchange emits online, "key.picked_up" and
+//     "key.returned" (a dropoff of a key the records had out or missing),
+//     with the same data plus offline: true, box_time and seq, written in
+//     the batch's transaction (Deps.Emit, one statement for the batch);
+//     entries already stored are cut off before they are applied, so a
+//     resent entry never emits again;
 //   - conflicts stored as they happened, never dropped: a pickup on access
 //     revoked meanwhile (or a derived code the server never issued), a key
 //     taken twice, a used backup code reported again; each raises an alert
