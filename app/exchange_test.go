@@ -13,6 +13,7 @@ import (
 	"github.com/keyrelay/keyrelay/firmware/boxkeys"
 	"github.com/keyrelay/keyrelay/firmware/commands"
 	"github.com/keyrelay/keyrelay/tenants/exchange"
+	"github.com/keyrelay/keyrelay/tenants/guard"
 )
 
 // site is a tenant with a provisioned box holding keys, built through the
@@ -542,16 +543,35 @@ func TestBookingLocksAfterTenFailures(t *testing.T) {
 	bookingID, code := st.book(t, 1, -time.Minute, time.Hour)
 	f.Owner.expect(t, 200, "PUT", "/api/v1/security", map[string]any{"owner_pickups_2fa": true, "visitor_pickups": "pin"})
 	email := "vic-" + uuid.NewString()[:6] + "@example.com"
-	f.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Vic", "email": email, "phone": visitor, "role": "visitor"})
+	vicID := f.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Vic", "email": email, "phone": visitor, "role": "visitor"}).JSON(t)["id"].(string)
 	s.client().expect(t, 204, "POST", "/api/v1/auth/password/reset", map[string]any{"token": s.resetToken(t, f.ID, email), "new_password": "visitor-pass-42"})
-	s.login(t, email, "visitor-pass-42").expect(t, 204, "PUT", "/api/v1/me/pin", map[string]any{"pin": "4821"})
+	vic := s.login(t, email, "visitor-pass-42")
+	vic.expect(t, 204, "PUT", "/api/v1/me/pin", map[string]any{"pin": "4821"})
 
+	ctx := context.Background()
+	pinPause := guard.PINSubject(f.ID.String(), vicID)
 	for i := range 10 {
 		r := st.call(t, "/box/v1/pickups", map[string]any{"phone": visitor})
 		if r.Result != "pin_required" {
 			t.Fatalf("try %d: %+v", i, r)
 		}
-		wantDenied(t, st.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": r.ChallengeID, "pin": fmt.Sprintf("%04d", 5000+i)}), exchange.WrongPIN)
+		verify := map[string]any{"challenge_id": r.ChallengeID, "pin": fmt.Sprintf("%04d", 5000+i)}
+		if i == 4 {
+			// A pause after each wrong PIN past the third (guard.PIN),
+			// whichever box it is tried at: the fifth try waits.
+			status, body, err := st.box.Request(ctx, "POST", "/box/v1/pickups/verify", verify)
+			if err != nil || status != 429 {
+				t.Fatalf("a fifth PIN at once: %d %s %v, want 429", status, body, err)
+			}
+		}
+		if i >= 4 {
+			// The pause is over (as if it had been waited out); the
+			// count of wrong PINs in the database goes on.
+			if err := s.app.guard.Reset(ctx, guard.PIN, pinPause); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wantDenied(t, st.call(t, "/box/v1/pickups/verify", verify), exchange.WrongPIN)
 	}
 	if n := s.alertsOf(t, st, "booking_locked"); n != 1 {
 		t.Errorf("%d booking-locked alerts, want 1", n)
@@ -562,7 +582,6 @@ func TestBookingLocksAfterTenFailures(t *testing.T) {
 	}
 	// The lock is the booking's, not the Redis counter's: it holds when
 	// the counter is gone (its 30-day window over, Redis restarted).
-	ctx := context.Background()
 	keys, err := s.app.redis.Keys(ctx, s.app.cfg.LimitPrefix+":*booking-code*").Result()
 	if err != nil || len(keys) == 0 {
 		t.Fatalf("booking counters in Redis: %v %v", keys, err)
@@ -574,6 +593,14 @@ func TestBookingLocksAfterTenFailures(t *testing.T) {
 	// The owner unlocks it: the code works again.
 	f.Owner.expect(t, 200, "POST", "/api/v1/bookings/"+bookingID+"/unlock", nil)
 	wantOpen(t, st.call(t, "/box/v1/pickups", map[string]any{"code": code}), 1)
+	// A new PIN starts without the old one's wrong tries.
+	if n, _, err := s.app.guard.Peek(ctx, guard.PIN, pinPause); err != nil || n == 0 {
+		t.Fatalf("PIN failures before a new PIN: %d %v", n, err)
+	}
+	vic.expect(t, 204, "PUT", "/api/v1/me/pin", map[string]any{"pin": "4822"})
+	if n, wait, err := s.app.guard.Peek(ctx, guard.PIN, pinPause); err != nil || n != 0 || wait != 0 {
+		t.Fatalf("PIN failures after a new PIN: %d, pause %v, %v", n, wait, err)
+	}
 }
 
 // Pickup codes by SMS are budgeted per phone number and booking.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/tenants"
 	"github.com/keyrelay/keyrelay/tenants/audit"
+	"github.com/keyrelay/keyrelay/tenants/guard"
 )
 
 // MySecurity is the caller's own sign-in settings.
@@ -239,6 +240,11 @@ func (s *Service) SetPIN(ctx context.Context, pin string) error {
 	}
 	if err := tx.Model(&u).Updates(map[string]any{"pin_hash": s.pinHash(u, pin), "pin_failures": 0, "pin_disabled_at": nil, "updated_at": s.now()}).Error; err != nil {
 		return fmt.Errorf("accounts: set PIN: %w", err)
+	}
+	// A new PIN starts with no wrong tries and no pause (the box counts
+	// them per PIN: guard.PIN).
+	if err := s.guard.Reset(ctx, guard.PIN, guard.PINSubject(u.TenantID.String(), u.ID.String())); err != nil {
+		return err
 	}
 	return audit.Record(ctx, "user:"+u.ID.String(), "user.pin_changed", "user:"+u.ID.String(), nil)
 }

@@ -568,10 +568,21 @@ func (s *Service) Verify(ctx context.Context, in VerifyInput) (res Result, err e
 		if err != nil {
 			return Result{}, err
 		}
+		// Per PIN, whichever box it is tried at: a growing pause after
+		// each wrong one past the third in a row, so its ten tries before
+		// it is disabled take hours, not seconds.
+		perPIN, err := s.guard.Begin(ctx, guard.PIN, guard.PINSubject(p.TenantID.String(), c.UserID.String()))
+		if errors.Is(err, guard.ErrHardLimit) {
+			att.Succeeded(ctx)
+			return denied(PINDisabled), s.record(ctx, p, "pickup.denied", "pin", in.BoxTime, mergeDetails(details, map[string]string{"reason": PINDisabled}))
+		}
+		if err != nil {
+			return Result{}, errors.Join(err, att.Succeeded(ctx))
+		}
 		err = s.accounts.VerifyPIN(ctx, *c.UserID, in.PIN)
 		switch {
 		case errors.Is(err, accounts.ErrWrongPIN):
-			if err := s.failedAtBox(ctx, p, att); err != nil {
+			if err := errors.Join(perPIN.Failed(ctx), s.failedAtBox(ctx, p, att)); err != nil {
 				return Result{}, err
 			}
 			if err := s.bookingFailure(ctx, p, choices); err != nil {
@@ -579,12 +590,14 @@ func (s *Service) Verify(ctx context.Context, in VerifyInput) (res Result, err e
 			}
 			return denied(WrongPIN), s.record(ctx, p, "pickup.denied", "pin", in.BoxTime, mergeDetails(details, map[string]string{"reason": WrongPIN}))
 		case errors.Is(err, accounts.ErrPINDisabled):
-			att.Succeeded(ctx)
+			if err := errors.Join(perPIN.Failed(ctx), att.Succeeded(ctx)); err != nil {
+				return Result{}, err
+			}
 			return denied(PINDisabled), s.record(ctx, p, "pickup.denied", "pin", in.BoxTime, mergeDetails(details, map[string]string{"reason": PINDisabled}))
 		case err != nil:
 			return Result{}, err
 		}
-		if err := att.Succeeded(ctx); err != nil {
+		if err := errors.Join(perPIN.Succeeded(ctx), att.Succeeded(ctx)); err != nil {
 			return Result{}, err
 		}
 	case "none":

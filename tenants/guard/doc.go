@@ -5,7 +5,7 @@
 //
 // # Use
 //
-//	a, err := g.Begin(ctx, guard.PIN, tenantID+"/"+phone)
+//	a, err := g.Begin(ctx, guard.PIN, guard.PINSubject(tenantID, userID))
 //	if err != nil {
 //		return err // 429 with Retry-After, or 503: fail closed
 //	}

@@ -31,9 +31,10 @@ var (
 	// KeepOnSuccess: a budget, not a run of failures.
 	CodePerPhone = Rule{Name: "code-phone", Free: 3, BaseDelay: 30 * time.Second, MaxDelay: time.Hour, Hard: 10, Window: 24 * time.Hour, KeepOnSuccess: true}
 
-	// PIN: 10 consecutive wrong PINs (key: tenant and phone number) disable
-	// the PIN; refused with ErrHardLimit until the owner sets a new one
-	// (Reset then). Success resets.
+	// PIN: a growing pause after each wrong PIN past the third in a row
+	// (30 s, 1 min, … up to an hour), and 10 in a row disable the
+	// PIN (key: PINSubject); refused with ErrHardLimit until its owner sets
+	// a new one (Reset then). Success resets.
 	PIN = Rule{Name: "pin", Free: 3, BaseDelay: 30 * time.Second, MaxDelay: time.Hour, Hard: 10, Window: 30 * 24 * time.Hour}
 
 	// BookingCode: 10 failures per booking, then it locks (ErrHardLimit)
@@ -54,6 +55,10 @@ var (
 
 // BookingSubject is the key of a booking's BookingCode counter.
 func BookingSubject(tenantID, bookingID string) string { return tenantID + "/" + bookingID }
+
+// PINSubject is the key of a PIN's counter: its user's, whatever phone
+// number it was reached by.
+func PINSubject(tenantID, userID string) string { return tenantID + "/pin/" + userID }
 
 // SMS budgets for Spend (the per-tenant daily budget is configuration).
 const (
