@@ -120,7 +120,7 @@ func runBoxWith(ctx context.Context, args []string, stdin io.Reader, stdout, std
 			base = *url
 		}
 	})
-	c := &box.Client{BaseURL: base, HTTP: &http.Client{Timeout: 40 * time.Second}, ID: id}
+	c := box.NewClient(base, &http.Client{Timeout: 40 * time.Second}, id)
 	call := func(path string, body any) (exchange.Result, error) {
 		var r exchange.Result
 		err := c.Call(ctx, http.StatusOK, http.MethodPost, path, body, &r)
@@ -134,6 +134,9 @@ func runBoxWith(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		}
 		return print(me)
 	case "screen-code":
+		// One call first: the code follows the server's clock, which the
+		// box learns from the answer (a box offline shows its own).
+		c.Call(ctx, http.StatusOK, http.MethodGet, "/box/v1/me", nil, nil)
 		s, err := c.ScreenCode()
 		if err != nil {
 			return err

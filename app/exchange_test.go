@@ -523,6 +523,21 @@ func TestPickupWithBookingURL(t *testing.T) {
 		ownerExec(t, `UPDATE box_credentials SET last_seen_at = now() - interval '10 minutes' WHERE box_id = $1`, boxID)
 		wantDenied(t, open(screen(time.Now())), exchange.BoxOffline)
 	})
+	t.Run("OKBoxClockAhead", func(t *testing.T) {
+		// A box whose clock runs three minutes ahead (its requests still
+		// within the signing skew) shows the code of the server's time,
+		// learnt from the answer to its last call.
+		ahead := box.NewClient(st.box.BaseURL, st.box.HTTP, st.box.ID)
+		ahead.Clock = func() time.Time { return time.Now().Add(3 * time.Minute) }
+		if err := ahead.Call(ctx, 200, "GET", "/box/v1/me", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		code, err := ahead.ScreenCode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantOpen(t, open(code), 4)
+	})
 	t.Run("ErrLocked", func(t *testing.T) {
 		// Locked by wrong tries at the box: the URL opens nothing either.
 		if err := st.box.Call(ctx, 200, "GET", "/box/v1/me", nil, nil); err != nil {

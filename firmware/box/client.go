@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -44,6 +45,55 @@ type Client struct {
 	ID      Identity
 	// Clock is the box's clock (tests move it); nil is time.Now.
 	Clock func() time.Time
+	// offset learns the server's time from its answers (NewClient,
+	// Provision); nil: the box's clock is taken as the server's.
+	offset *serverOffset
+}
+
+// NewClient is a client for a provisioned box that keeps to the server's
+// time where it must (ScreenCode).
+func NewClient(baseURL string, httpc *http.Client, id Identity) *Client {
+	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), HTTP: httpc, ID: id, offset: &serverOffset{}}
+}
+
+// serverOffset is how far the server's clock is ahead of the box's, as
+// the last answer's Date header said. Date has whole seconds, so the
+// estimate is within about a second plus half the round trip: enough for
+// 30-second screen codes, which is what it is for. The box's own clock
+// still signs requests (the server allows MaxSkew) and dates the events it
+// reports (recorded as the box's, never trusted).
+type serverOffset struct {
+	mu    sync.Mutex
+	d     time.Duration
+	known bool
+}
+
+func (o *serverOffset) learn(date string, sent, received time.Time) {
+	t, err := http.ParseTime(date)
+	if err != nil {
+		return
+	}
+	// Date is truncated to the second: the server's clock read somewhere
+	// in [t, t+1s), while the box's was between sent and received.
+	d := t.Add(500 * time.Millisecond).Sub(sent.Add(received.Sub(sent) / 2))
+	o.mu.Lock()
+	o.d, o.known = d, true
+	o.mu.Unlock()
+}
+
+// ServerNow is the box's best idea of the server's time: its own clock,
+// moved by what the last answer said (its own clock alone before any).
+func (c *Client) ServerNow() time.Time {
+	now := c.now()
+	if c.offset == nil {
+		return now
+	}
+	c.offset.mu.Lock()
+	defer c.offset.mu.Unlock()
+	if !c.offset.known {
+		return now
+	}
+	return now.Add(c.offset.d)
 }
 
 // Provision generates the box's key pair and exchanges the installer's
@@ -83,10 +133,10 @@ func Provision(ctx context.Context, baseURL, token string, httpc *http.Client) (
 	if err != nil || len(root) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("box: provision: bad root key")
 	}
-	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), HTTP: httpc, ID: Identity{
+	return NewClient(baseURL, httpc, Identity{
 		TenantID: p.TenantID.String(), BoxID: p.BoxID.String(), CredentialID: p.CredentialID, PrivateKey: priv,
 		Secret: secret, RootPublicKey: root, Model: p.Model, Timezone: p.Timezone, BaseURL: strings.TrimRight(baseURL, "/"),
-	}}, nil
+	}), nil
 }
 
 // StatusError is an answer other than the one expected.
@@ -121,7 +171,8 @@ func (c *Client) Request(ctx context.Context, method, path string, body any) (in
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	for k, v := range devices.Sign(c.ID.PrivateKey, c.ID.CredentialID, method, path, raw, c.now()) {
+	sent := c.now()
+	for k, v := range devices.Sign(c.ID.PrivateKey, c.ID.CredentialID, method, path, raw, sent) {
 		req.Header.Set(k, v)
 	}
 	res, err := c.HTTP.Do(req)
@@ -129,6 +180,9 @@ func (c *Client) Request(ctx context.Context, method, path string, body any) (in
 		return 0, nil, err
 	}
 	defer res.Body.Close()
+	if c.offset != nil {
+		c.offset.learn(res.Header.Get("Date"), sent, c.now())
+	}
 	out, err := io.ReadAll(io.LimitReader(res.Body, 32<<20))
 	return res.StatusCode, out, err
 }
@@ -148,13 +202,16 @@ func (c *Client) Call(ctx context.Context, want int, method, path string, body, 
 	return nil
 }
 
-// ScreenCode is the code the box's screen shows now (booking-page pickups).
+// ScreenCode is the code the box's screen shows now (booking-page pickups),
+// at the server's time as far as the box knows it: the server checks it
+// against its own clock, and a box whose clock drifted a minute would
+// otherwise show codes nobody can use.
 func (c *Client) ScreenCode() (string, error) {
 	id, err := uuid.Parse(c.ID.BoxID)
 	if err != nil {
 		return "", err
 	}
-	return boxkeys.ScreenCode(c.ID.Secret, id, c.now())
+	return boxkeys.ScreenCode(c.ID.Secret, id, c.ServerNow())
 }
 
 // ReportPickup reports a bin opened on the server's word and the key
