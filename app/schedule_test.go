@@ -45,7 +45,7 @@ func TestScheduledMessages(t *testing.T) {
 		to := "moved-" + uuid.NewString()[:6] + "@example.com"
 		id := s.queueMessage(t, f.ID, reminder(to, time.Now().Add(time.Second)))
 		later := time.Now().Add(3 * time.Second)
-		s.inScope(t, f.ID, func(ctx context.Context) error { return s.app.outbox.Reschedule(ctx, id, later) })
+		s.inScope(t, f.ID, func(ctx context.Context) error { return s.app.outbox.Reschedule(ctx, id, later, time.Time{}) })
 		time.Sleep(2500 * time.Millisecond) // the first time has passed
 		if n := len(s.mailbox(t, to)); n != 0 {
 			t.Fatal("sent at the old time")

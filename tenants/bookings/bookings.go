@@ -128,7 +128,7 @@ type Messages interface {
 	Add(ctx context.Context, m outbox.Message) (uuid.UUID, error)
 	// Company is the tenant's name, as messages are signed.
 	Company(ctx context.Context) (string, error)
-	Reschedule(ctx context.Context, id uuid.UUID, notBefore time.Time) error
+	Reschedule(ctx context.Context, id uuid.UUID, notBefore, deadline time.Time) error
 	Cancel(ctx context.Context, id uuid.UUID) error
 }
 

@@ -66,13 +66,21 @@ func TestReturnReminderAt(t *testing.T) {
 		{"OKNotBeforeTheStart", at(paris, 2026, 5, 3, 11, 0), at(paris, 2026, 5, 3, 18, 0), paris, at(paris, 2026, 5, 3, 11, 0)},
 		// The day DST starts in Paris has 23 hours; 09:00 is still 09:00.
 		{"OKDSTDay", at(paris, 2026, 3, 27, 10, 0), at(paris, 2026, 3, 29, 18, 0), paris, at(paris, 2026, 3, 29, 9, 0)},
+		// An end at 00:00 on 3 May closes 2 May: the reminder is that day,
+		// not at the end itself.
+		{"OKEndsAtMidnightLocal", at(paris, 2026, 5, 1, 10, 0), at(paris, 2026, 5, 3, 0, 0), paris, at(paris, 2026, 5, 2, 9, 0)},
+		{"OKEndsAtMidnightStartedThatEvening", at(paris, 2026, 5, 2, 20, 0), at(paris, 2026, 5, 3, 0, 0), paris, at(paris, 2026, 5, 2, 20, 0)},
+		// Midnight in Tonga is 11:00 UTC the day before.
+		{"OKEndsAtMidnightUTCPlus13", at(tonga, 2026, 5, 1, 10, 0), at(tonga, 2026, 5, 3, 0, 0), tonga, at(tonga, 2026, 5, 2, 9, 0)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := returnReminderAt(tc.start, tc.end, tc.loc, 9*time.Hour)
 			if !got.Equal(tc.want) {
 				t.Fatalf("reminder at %v, want %v", got.In(tc.loc), tc.want)
 			}
-			if gy, gm, gd := got.In(tc.loc).Date(); gy != tc.end.In(tc.loc).Year() || gm != tc.end.In(tc.loc).Month() || gd != tc.end.In(tc.loc).Day() {
+			// The last day of access: the local day of its last moment.
+			last := tc.end.Add(-time.Minute).In(tc.loc)
+			if gy, gm, gd := got.In(tc.loc).Date(); gy != last.Year() || gm != last.Month() || gd != last.Day() {
 				t.Fatalf("reminder on %v, not on the local day access ends (%v)", got.In(tc.loc), tc.end.In(tc.loc))
 			}
 			if !got.Before(tc.end) {
@@ -727,4 +735,109 @@ func ownerDump(t *testing.T, table string) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// reminder is a return reminder of a booking as stored.
+type reminder struct {
+	ID        uuid.UUID
+	Status    string
+	NotBefore *time.Time
+	Data      map[string]string
+}
+
+// returnReminders lists booking id's return reminders, oldest first.
+func (e *env) returnReminders(t *testing.T, f tenantFixture, id uuid.UUID) []reminder {
+	t.Helper()
+	var out []reminder
+	err := e.scope.Do(context.Background(), f.tenant, func(ctx context.Context) error {
+		ids, err := remindersOf(ctx, id, kindReturn)
+		if err != nil {
+			return err
+		}
+		for _, mid := range ids {
+			row, err := outbox.New(e.box).Get(ctx, mid)
+			if err != nil {
+				return err
+			}
+			out = append(out, reminder{ID: row.ID, Status: string(row.Status), NotBefore: row.NotBefore, Data: row.Data})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// waiting is the one queued return reminder of booking id.
+func (e *env) waiting(t *testing.T, f tenantFixture, id uuid.UUID) reminder {
+	t.Helper()
+	var q []reminder
+	for _, r := range e.returnReminders(t, f, id) {
+		if r.Status == string(outbox.Queued) {
+			q = append(q, r)
+		}
+	}
+	if len(q) != 1 || q[0].NotBefore == nil {
+		t.Fatalf("queued return reminders %+v, want one, scheduled", q)
+	}
+	return q[0]
+}
+
+// TestReturnReminderBeforeEnd: quiet hours (22:00–08:00) never hold the
+// return reminder until the access has ended, on creation or when the end
+// moves; they still hold it when it can wait and arrive before the end.
+func TestReturnReminderBeforeEnd(t *testing.T) {
+	e := newEnv(t)
+	f := newTenant(t, "Europe/Paris")
+	testDB.Exec(t, "UPDATE tenants SET quiet_hours_start = '22:00', quiet_hours_end = '08:00' WHERE tenant_id = $1", f.tenant)
+	paris := mustLoad(t, "Europe/Paris")
+	in3 := time.Now().In(paris).AddDate(0, 0, 3)
+	day := func(d, h, min int) time.Time {
+		return time.Date(in3.Year(), in3.Month(), in3.Day()+d, h, min, 0, 0, paris)
+	}
+	start := time.Now().Add(time.Hour).Truncate(time.Second)
+	for _, tc := range []struct {
+		name     string
+		end      time.Time
+		want     time.Time
+		endsText string
+	}{
+		// 06:00 would wait until 08:00, after the end: it goes at 06:00.
+		{"EndInQuietHours", day(0, 7, 0), day(0, 6, 0), "07:00 (Europe/Paris)"},
+		// 07:30 waits until 08:00, still before the end.
+		{"OKQuietHoursEndBeforeTheEnd", day(0, 8, 30), day(0, 8, 0), "08:30 (Europe/Paris)"},
+		// An end at 00:00 closes the day before: 09:00 on that day, outside
+		// quiet hours, not at midnight.
+		{"OKEndAtMidnight", day(1, 0, 0), day(0, 9, 0), "24:00 (Europe/Paris)"},
+		{"OKDaytime", day(0, 18, 0), day(0, 9, 0), "18:00 (Europe/Paris)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := addKey(t, f, tc.name)
+			v, err := e.create(t, f, oneTime(key, start, tc.end))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := e.waiting(t, f, v.ID)
+			if !r.NotBefore.Equal(tc.want) || !r.NotBefore.Before(tc.end) {
+				t.Fatalf("reminder at %v, want %v, before the end %v", r.NotBefore.In(paris), tc.want, tc.end)
+			}
+			if r.Data["ends_at"] != tc.endsText {
+				t.Errorf("the reminder says access ends at %q, want %q", r.Data["ends_at"], tc.endsText)
+			}
+			// Moved a day later by PATCH: the same rule, one day on.
+			newEnd := tc.end.AddDate(0, 0, 1)
+			end := newEnd.Format(time.RFC3339)
+			if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error {
+				_, err := e.svc.Update(ctx, v.ID, BookingPatch{EndsAt: &end})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			moved := e.waiting(t, f, v.ID)
+			if want := tc.want.AddDate(0, 0, 1); moved.ID != r.ID || !moved.NotBefore.Equal(want) || !moved.NotBefore.Before(newEnd) {
+				t.Fatalf("after the end moved to %v the reminder is %v at %v, want %v at %v", newEnd, moved.ID, moved.NotBefore.In(paris), r.ID, want)
+			}
+		})
+	}
 }

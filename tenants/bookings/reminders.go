@@ -23,9 +23,14 @@ const (
 // visitor's day, not UTC's. When access ends before that time of day, an
 // hour before the end, but never before that local day begins; and never
 // before the access starts. A time already past means "now" to the outbox.
+// The result is always before end.
+//
+// The day access ends is the local day of its last moment: an end at
+// exactly 00:00 closes the day before (access covers none of the new day),
+// so the reminder goes out on that day rather than at the very moment
+// access ends.
 func returnReminderAt(start, end time.Time, loc *time.Location, clock time.Duration) time.Time {
-	le := end.In(loc)
-	y, m, d := le.Date()
+	y, m, d := lastDay(end, loc)
 	dayStart := time.Date(y, m, d, 0, 0, 0, 0, loc)
 	// Built from the date, not by adding hours to midnight, so a day of 23
 	// or 25 hours (DST) keeps the wall-clock time.
@@ -40,6 +45,11 @@ func returnReminderAt(start, end time.Time, loc *time.Location, clock time.Durat
 		at = start
 	}
 	return at
+}
+
+// lastDay is the local date of access's last moment before end.
+func lastDay(end time.Time, loc *time.Location) (int, time.Month, int) {
+	return end.Add(-time.Nanosecond).In(loc).Date()
 }
 
 // reminderRow is a row of booking_reminders.
@@ -92,16 +102,17 @@ func (s *Service) cancelReminders(ctx context.Context, bookingID uuid.UUID, kind
 	return nil
 }
 
-// moveReminders moves b's waiting reminders of kind to at, and reports
-// how many were still waiting (those sent or cancelled cannot move).
-func (s *Service) moveReminders(ctx context.Context, bookingID uuid.UUID, kind string, at time.Time) (int, error) {
+// moveReminders moves b's waiting reminders of kind to at (under deadline,
+// as for outbox.Message), and reports how many were still waiting (those
+// sent or cancelled cannot move).
+func (s *Service) moveReminders(ctx context.Context, bookingID uuid.UUID, kind string, at, deadline time.Time) (int, error) {
 	ids, err := remindersOf(ctx, bookingID, kind)
 	if err != nil {
 		return 0, err
 	}
 	moved := 0
 	for _, id := range ids {
-		err := s.msgs.Reschedule(ctx, id, at)
+		err := s.msgs.Reschedule(ctx, id, at, deadline)
 		switch {
 		case err == nil:
 			moved++
@@ -126,16 +137,21 @@ func (s *Service) scheduleReturnReminder(ctx context.Context, b Booking, k keyRe
 		return s.cancelReminders(ctx, b.ID, kindReturn)
 	}
 	at := returnReminderAt(b.StartsAt, *b.EndsAt, k.location(), s.cfg.ReminderClock)
+	// The end is the reminder's deadline: quiet hours that would hold it
+	// until the access has ended (22:00–08:00 and an end at 07:00) let it
+	// go at its own time instead. The outbox applies quiet hours, so it is
+	// told the deadline rather than bookings reading the tenant's quiet
+	// hours and second-guessing it.
 	if !fresh {
-		moved, err := s.moveReminders(ctx, b.ID, kindReturn, at)
+		moved, err := s.moveReminders(ctx, b.ID, kindReturn, at, *b.EndsAt)
 		if err != nil || moved > 0 {
 			return err
 		}
 	}
 	id, err := s.msgs.Add(ctx, outbox.Message{
 		Kind: kindReturn, Channel: b.NotifyVia, Recipient: recipient(b.VisitorPhone, b.VisitorEmail, b.NotifyVia),
-		Priority: outbox.Low, NotBefore: at, TimeZone: k.location().String(),
-		Data: map[string]string{"name": b.VisitorName, "key": k.Name, "box": k.BoxName, "ends_at": localClock(*b.EndsAt, k.location())},
+		Priority: outbox.Low, NotBefore: at, Deadline: *b.EndsAt, TimeZone: k.location().String(),
+		Data: map[string]string{"name": b.VisitorName, "key": k.Name, "box": k.BoxName, "ends_at": endClock(*b.EndsAt, k.location())},
 	})
 	if err != nil {
 		return wrap("queue return reminder", err)
@@ -171,7 +187,7 @@ func (s *Service) scheduleHeldReminders(ctx context.Context, b Booking, k keyRef
 	}
 	at := s.heldReminderAt(b)
 	if !fresh {
-		moved, err := s.moveReminders(ctx, b.ID, kindHeld, at)
+		moved, err := s.moveReminders(ctx, b.ID, kindHeld, at, time.Time{})
 		if err != nil || moved > 0 {
 			return err
 		}
@@ -210,7 +226,15 @@ func localTime(t time.Time, loc *time.Location) string {
 	return t.In(loc).Format("2006-01-02 15:04") + " (" + loc.String() + ")"
 }
 
-// localClock writes only the time of day, for "ends today at …".
-func localClock(t time.Time, loc *time.Location) string {
-	return t.In(loc).Format("15:04") + " (" + loc.String() + ")"
+// endClock writes only the time of day of end, for "ends today at …". An
+// end at exactly 00:00 is written 24:00: its reminder goes out the day
+// before (returnReminderAt), where "today at 00:00" would name a time
+// already past.
+func endClock(end time.Time, loc *time.Location) string {
+	le := end.In(loc)
+	clock := le.Format("15:04")
+	if y, m, d := lastDay(end, loc); d != le.Day() || m != le.Month() || y != le.Year() {
+		clock = "24:00"
+	}
+	return clock + " (" + loc.String() + ")"
 }

@@ -134,7 +134,7 @@ func TestClaim(t *testing.T) {
 	t.Run("StaleRevisionNotClaimed", func(t *testing.T) {
 		refs := f.add(t, 1)
 		f.do(t, func(ctx context.Context) error {
-			return f.outbox.Reschedule(ctx, refs[0].ID, time.Now().Add(time.Hour))
+			return f.outbox.Reschedule(ctx, refs[0].ID, time.Now().Add(time.Hour), time.Time{})
 		})
 		if got := f.claim(t, "a", time.Minute, refs); len(got) != 0 {
 			t.Fatal("a task of the old revision claimed a moved message")

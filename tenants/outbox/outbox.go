@@ -48,6 +48,10 @@ type Message struct {
 	Priority  Priority // empty means Normal
 	// NotBefore holds the message until then (reminders); zero sends now.
 	NotBefore time.Time
+	// Deadline, when set, is when the message stops being of use (a
+	// return reminder once the access has ended): quiet hours never hold
+	// it until then. Zero: no deadline.
+	Deadline time.Time
 	// TimeZone is the recipient's (the box's) IANA zone, for quiet hours.
 	TimeZone string
 }

@@ -154,7 +154,9 @@ func (o *Outbox) SetSettings(ctx context.Context, s Settings) (Settings, error) 
 }
 
 // schedule decides when a message may go: its own time, pushed past the
-// tenant's quiet hours for low-priority messages.
+// tenant's quiet hours for low-priority messages unless that would take it
+// to or past its deadline. Then it goes at its own time, quiet hours or
+// not: a reminder at night still helps, one after the fact does not.
 func schedule(m Message, s Settings, now time.Time) (*time.Time, error) {
 	at := now
 	if m.NotBefore.After(now) {
@@ -168,9 +170,12 @@ func schedule(m Message, s Settings, now time.Time) (*time.Time, error) {
 				return nil, fmt.Errorf("outbox: time zone %q: %w", m.TimeZone, err)
 			}
 		}
-		var err error
-		if at, err = s.QuietHours.After(at, loc); err != nil {
+		after, err := s.QuietHours.After(at, loc)
+		if err != nil {
 			return nil, err
+		}
+		if m.Deadline.IsZero() || after.Before(m.Deadline) {
+			at = after
 		}
 	}
 	if !at.After(now) {
@@ -180,8 +185,9 @@ func schedule(m Message, s Settings, now time.Time) (*time.Time, error) {
 }
 
 // Reschedule moves a queued message to another time (quiet hours applied
-// again). A task already queued for the old time finds itself stale.
-func (o *Outbox) Reschedule(ctx context.Context, id uuid.UUID, notBefore time.Time) error {
+// again, under deadline as for Message.Deadline; zero: none). A task
+// already queued for the old time finds itself stale.
+func (o *Outbox) Reschedule(ctx context.Context, id uuid.UUID, notBefore, deadline time.Time) error {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return err
@@ -197,7 +203,7 @@ func (o *Outbox) Reschedule(ctx context.Context, id uuid.UUID, notBefore time.Ti
 	if err != nil {
 		return err
 	}
-	at, err := schedule(Message{Priority: Priority(r.Priority), NotBefore: notBefore, TimeZone: deref(r.TimeZone)}, s, time.Now())
+	at, err := schedule(Message{Priority: Priority(r.Priority), NotBefore: notBefore, Deadline: deadline, TimeZone: deref(r.TimeZone)}, s, time.Now())
 	if err != nil {
 		return err
 	}

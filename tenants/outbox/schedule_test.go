@@ -60,3 +60,38 @@ func TestScheduleCodesNeverWait(t *testing.T) {
 		t.Fatalf("not_before ignored: %v", at)
 	}
 }
+
+// TestScheduleDeadline: quiet hours hold a low-priority message only when
+// it still arrives before its deadline; otherwise it goes at its own time.
+func TestScheduleDeadline(t *testing.T) {
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(h, min int) time.Time { return time.Date(2026, 5, 4, h, min, 0, 0, paris) }
+	night := Settings{QuietHours: &QuietHours{Start: "22:00", End: "08:00"}}
+	now := at(0, 0).Add(-24 * time.Hour)
+	for _, tc := range []struct {
+		name      string
+		notBefore time.Time
+		deadline  time.Time
+		want      time.Time
+	}{
+		{"OKNoDeadlineWaits", at(6, 0), time.Time{}, at(8, 0)},
+		{"OKDeadlineAfterQuietHoursWaits", at(6, 0), at(9, 0), at(8, 0)},
+		// Access ends at 07:00: 08:00 would be after the end.
+		{"DeadlineInsideQuietHoursGoesAtItsTime", at(6, 0), at(7, 0), at(6, 0)},
+		{"DeadlineAtQuietHoursEndGoesAtItsTime", at(6, 0), at(8, 0), at(6, 0)},
+		{"OKOutsideQuietHoursUnchanged", at(10, 0), at(11, 0), at(10, 0)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := schedule(Message{Priority: Low, NotBefore: tc.notBefore, Deadline: tc.deadline, TimeZone: "Europe/Paris"}, night, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got == nil || !got.Equal(tc.want) {
+				t.Fatalf("scheduled at %v, want %v", got, tc.want.In(paris))
+			}
+		})
+	}
+}
