@@ -37,8 +37,9 @@ func (d *Dashboard) bookingList(c *fiber.Ctx) error {
 	return d.render(c, "bookings", "Bookings", data)
 }
 
-// keyChoices lists the keys a booking may be made on, with their home
-// box's zone (the form's times are read in it).
+// keyChoices lists the keys a booking may be made on, with the boxes a
+// booking of each names (Key.PickupBoxID): the form's times are read in
+// that box's zone, the one the booking is then shown in.
 func (d *Dashboard) keyChoices(c *fiber.Ctx) ([]inventory.Key, map[uuid.UUID]inventory.Box, error) {
 	ctx := c.UserContext()
 	keys, err := d.Inventory.ListKeys(ctx, inventory.KeyFilter{Limit: 200})
@@ -92,7 +93,7 @@ func (d *Dashboard) bookingCreate(c *fiber.Ctx) error {
 	tz := "UTC"
 	if id, err := uuid.Parse(in["key_id"]); err == nil {
 		if k, err := d.Inventory.GetKey(ctx, id); err == nil {
-			if b, _, err := d.Inventory.GetBox(ctx, k.HomeBoxID); err == nil {
+			if b, _, err := d.Inventory.GetBox(ctx, k.PickupBoxID()); err == nil {
 				tz = b.Timezone
 			}
 		}

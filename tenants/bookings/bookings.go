@@ -216,8 +216,10 @@ func staff(ctx context.Context) (tenants.Principal, error) {
 	return tenants.Require(ctx, tenants.RoleStaff)
 }
 
-// keyRef is what bookings need of a key: its name, and its home box (the
-// box where its code works) with that box's zone and location.
+// keyRef is what bookings need of a key: its name; the box where its code
+// opens it (pickupBoxSQL) with that box's name, address and zone, which
+// every text names and every window is shown in; and the location of its
+// home box, which decides who sees the booking.
 type keyRef struct {
 	ID          uuid.UUID
 	Name        string
@@ -227,6 +229,13 @@ type keyRef struct {
 	BoxTimezone string
 	LocationID  *uuid.UUID
 }
+
+// pickupBoxSQL joins the box a key k can be picked up at as pb: the box
+// whose bin holds it (a visitor may have dropped it off at another box,
+// and a code opens only the box holding the key, tenants/exchange), else,
+// while it is out or missing, its home box, where it is expected back.
+// The home box stays bx: its location decides who sees the key.
+const pickupBoxSQL = `JOIN boxes pb ON pb.tenant_id = k.tenant_id AND pb.id = CASE WHEN k.state = 'in_bin' THEN k.box_id ELSE k.home_box_id END`
 
 // location is the box's time zone; a zone the server does not know (the
 // inventory validates them) falls back to UTC rather than failing a booking.
@@ -247,9 +256,10 @@ func liveKey(ctx context.Context, p tenants.Principal, id uuid.UUID, share bool)
 	if err != nil {
 		return keyRef{}, false, err
 	}
-	q := `SELECT k.id, k.name, bx.id AS box_id, bx.name AS box_name, bx.address AS box_address,
-			bx.timezone AS box_timezone, bx.location_id
+	q := `SELECT k.id, k.name, pb.id AS box_id, pb.name AS box_name, pb.address AS box_address,
+			pb.timezone AS box_timezone, bx.location_id
 		FROM keys k JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id
+		` + pickupBoxSQL + `
 		WHERE k.id = ? AND k.deleted_at IS NULL`
 	if share {
 		q += " FOR SHARE OF k"

@@ -841,3 +841,110 @@ func TestReturnReminderBeforeEnd(t *testing.T) {
 		})
 	}
 }
+
+// TestBookingNamesTheBoxHoldingTheKey: a key dropped off at another box is
+// picked up there (its code opens only the box holding it), so the
+// instructions, the booking, "Copy details", the visitor's page and the
+// reminder name that box and show the window in its zone; while the key is
+// out they name its home box. Who sees the booking still follows the home
+// box's location.
+func TestBookingNamesTheBoxHoldingTheKey(t *testing.T) {
+	e := newEnv(t)
+	f := newTenant(t, "Europe/Paris")
+	otherLocation, other := uuid.New(), uuid.New()
+	testDB.Exec(t, "INSERT INTO locations (tenant_id, id, name) VALUES ($1, $2, 'Harbour')", f.tenant, otherLocation)
+	testDB.Exec(t, "INSERT INTO boxes (tenant_id, id, location_id, name, address, model, timezone, bins) VALUES ($1, $2, $3, 'Harbour kiosk', 'Pier 4', 'MS5', 'America/New_York', 12)",
+		f.tenant, other, otherLocation)
+	key := addKey(t, f, "Roaming")
+	testDB.Exec(t, "UPDATE keys SET box_id = $2, bin = 7 WHERE id = $1", key, other)
+	ny, paris := mustLoad(t, "America/New_York"), mustLoad(t, "Europe/Paris")
+	in2 := time.Now().In(ny).AddDate(0, 0, 2)
+	start := time.Date(in2.Year(), in2.Month(), in2.Day(), 10, 0, 0, 0, ny)
+	end := time.Date(in2.Year(), in2.Month(), in2.Day()+1, 18, 0, 0, 0, ny)
+
+	v, err := e.create(t, f, oneTime(key, start, end))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("OKView", func(t *testing.T) {
+		if v.Box.ID != other || v.Box.Name != "Harbour kiosk" || v.Box.Address != "Pier 4" || v.Box.Timezone != "America/New_York" {
+			t.Fatalf("the booking names box %+v, want the harbour kiosk holding the key", v.Box)
+		}
+	})
+	var details string
+	var byURL View
+	var instructions map[string]string
+	err = e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error {
+		var err error
+		if details, err = e.svc.Details(ctx, v.ID); err != nil {
+			return err
+		}
+		rows, err := outbox.New(e.box).List(ctx, 10)
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			if r.Kind == kindInstructions {
+				instructions = r.Data
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := v.URL[strings.LastIndex(v.URL, "/")+1:]
+	if err := e.scope.Do(context.Background(), f.tenant, func(ctx context.Context) error {
+		var err error
+		byURL, err = e.svc.ByURLToken(ctx, tok)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("OKInstructions", func(t *testing.T) {
+		if instructions["box"] != "Harbour kiosk" || instructions["address"] != "Pier 4" || instructions["starts_at"] != localTime(start, ny) {
+			t.Fatalf("instructions %v, want the harbour kiosk and the start in New York time (%s)", instructions, localTime(start, ny))
+		}
+	})
+	t.Run("OKDetails", func(t *testing.T) {
+		want := "Box: Harbour kiosk, Pier 4\nAccess: " + start.Format("Mon 2 Jan 2006 15:04") + " to " + end.Format("Mon 2 Jan 2006 15:04") + " (America/New_York)"
+		if !strings.Contains(details, want) {
+			t.Fatalf("details:\n%s\nwant them to hold:\n%s", details, want)
+		}
+	})
+	t.Run("OKVisitorPage", func(t *testing.T) {
+		if byURL.Box.ID != other || byURL.Box.Timezone != "America/New_York" {
+			t.Fatalf("the visitor's page names box %+v", byURL.Box)
+		}
+	})
+	t.Run("OKReminderInTheBoxZone", func(t *testing.T) {
+		r := e.waiting(t, f, v.ID)
+		if want := time.Date(in2.Year(), in2.Month(), in2.Day()+1, 9, 0, 0, 0, ny); !r.NotBefore.Equal(want) || r.Data["box"] != "Harbour kiosk" || r.Data["ends_at"] != "18:00 (America/New_York)" {
+			t.Fatalf("reminder at %v naming %q, ends at %q; want %v naming the harbour kiosk", r.NotBefore.In(ny), r.Data["box"], r.Data["ends_at"], want)
+		}
+	})
+	t.Run("OKHomeLocationDecidesWhoSees", func(t *testing.T) {
+		err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error { _, err := e.svc.Get(ctx, v.ID); return err }, f.location)
+		if err != nil {
+			t.Fatalf("staff of the key's home location: %v", err)
+		}
+		err = e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error { _, err := e.svc.Get(ctx, v.ID); return err }, otherLocation)
+		if tenants.ErrorCode(err) != tenants.ENotFound {
+			t.Fatalf("staff of the other box's location only: %v, want not found", err)
+		}
+	})
+	t.Run("OKOutNamesTheHomeBox", func(t *testing.T) {
+		testDB.Exec(t, "UPDATE keys SET state = 'out', box_id = NULL, bin = NULL, out_access_id = $2, out_since = now() WHERE id = $1", key, v.ID)
+		var got View
+		if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error {
+			var err error
+			got, err = e.svc.Get(ctx, v.ID)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got.Box.ID != f.box || got.Box.Timezone != paris.String() {
+			t.Fatalf("with the key out the booking names %+v, want its home box", got.Box)
+		}
+	})
+}

@@ -30,13 +30,15 @@ func (r row) key() keyRef {
 	return keyRef{ID: r.KeyID, Name: r.KeyName, BoxID: r.BoxID, BoxName: r.BoxName, BoxAddress: r.BoxAddress, BoxTimezone: r.BoxTimezone, LocationID: r.LocationID}
 }
 
-// selectRows reads bookings with their key and box (the key's home box:
-// where its code works, and whose location limits who sees it).
-const selectRows = `SELECT bk.*, k.name AS key_name, bx.id AS box_id, bx.name AS box_name, bx.address AS box_address,
-		bx.timezone AS box_timezone, bx.location_id
+// selectRows reads bookings with their key and its boxes: the one the
+// booking names (where its code opens the key, pickupBoxSQL) and the home
+// box, whose location limits who sees it.
+const selectRows = `SELECT bk.*, k.name AS key_name, pb.id AS box_id, pb.name AS box_name, pb.address AS box_address,
+		pb.timezone AS box_timezone, bx.location_id
 	FROM bookings bk
 	JOIN keys k ON k.tenant_id = bk.tenant_id AND k.id = bk.key_id
-	JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id`
+	JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id
+	` + pickupBoxSQL
 
 // load returns booking id when p sees it. forUpdate locks the booking row
 // until the transaction ends, so that two edits of one booking (a resend

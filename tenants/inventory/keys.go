@@ -58,6 +58,16 @@ func (k Key) AtHome() bool {
 	return k.State == InBin && k.BoxID != nil && *k.BoxID == k.HomeBoxID && k.Bin != nil && *k.Bin == k.HomeBin
 }
 
+// PickupBoxID is the box a booking of k names: the box whose bin holds it
+// (a booking code opens only that box), else its home box, where it is
+// expected back. tenants/bookings names the same box.
+func (k Key) PickupBoxID() uuid.UUID {
+	if k.State == InBin && k.BoxID != nil {
+		return *k.BoxID
+	}
+	return k.HomeBoxID
+}
+
 // Whereabouts says where a key is at a given time.
 type Whereabouts struct {
 	State    State      `json:"state"` // in_bin, out, overdue or missing
