@@ -249,8 +249,9 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 	hcfg.OfflineAfter, hcfg.AlertAfter = cfg.BoxOfflineAfter, cfg.BoxOfflineAlertAfter
 	a.health = health.New(a.scope, a.redis, cfg.LimitPrefix+":", a.accounts, hcfg, log)
 	a.offline = offline.New(a.devices, a.box)
-	a.sync = boxsync.New(boxsync.Deps{Scope: a.scope, Offline: a.offline, Alerts: a.accounts, Emit: webhooks.EmitAll, Log: log.With("component", "sync"), Observer: a.metrics})
-	a.exchange = exchange.New(exchange.Deps{Accounts: a.accounts, Messages: a.outbox, Keys: a.box, Guard: a.guard, Commands: a.commands, Secrets: a.devices, Observer: a.metrics}, ecfg)
+	a.sync = boxsync.New(boxsync.Deps{Scope: a.scope, Offline: a.offline, Alerts: a.accounts, Reminders: a.bookings, Emit: webhooks.EmitAll, Log: log.With("component", "sync"), Observer: a.metrics})
+	a.exchange = exchange.New(exchange.Deps{Accounts: a.accounts, Messages: a.outbox, Keys: a.box, Guard: a.guard, Commands: a.commands, Secrets: a.devices,
+		Reminders: a.bookings, Observer: a.metrics}, ecfg)
 	// Webhook URLs: https to public hosts in production; development and
 	// tests may use a local receiver.
 	a.webhooks = webhooks.New(a.box, webhooks.Config{AllowPrivate: !cfg.Production()})

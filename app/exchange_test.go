@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/keyrelay/keyrelay/firmware/box"
 	"github.com/keyrelay/keyrelay/firmware/boxkeys"
 	"github.com/keyrelay/keyrelay/firmware/commands"
+	boxsync "github.com/keyrelay/keyrelay/firmware/sync"
 	"github.com/keyrelay/keyrelay/tenants/exchange"
 	"github.com/keyrelay/keyrelay/tenants/guard"
 )
@@ -633,4 +635,99 @@ func TestPickupSMSBudgetPerBooking(t *testing.T) {
 	if err != nil || status != 429 {
 		t.Fatalf("4th code in an hour: %d %s %v, want 429", status, body, err)
 	}
+}
+
+// TestReturnReminderFollowsTheKeyAtTheBox: a key coming back calls its
+// access's waiting return reminder off, and the access taking it again
+// queues a new one, whether the box reports it online or syncs its
+// offline journal.
+func TestReturnReminderFollowsTheKeyAtTheBox(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 2, 3)
+	book := func(bin int) (string, string, string) {
+		phone := bkPhone()
+		id, code := st.book(t, bin, -time.Minute, 48*time.Hour, map[string]any{"return_reminder": true,
+			"visitor": map[string]any{"name": "Rita Returner", "phone": phone}})
+		return id, code, phone
+	}
+	// reminders lists the statuses of the return reminders to phone,
+	// oldest first.
+	reminders := func(phone string) string {
+		var out []string
+		rows := s.outboxOf(t, f.ID)
+		for i := len(rows) - 1; i >= 0; i-- {
+			if rows[i].Kind == "return_reminder" && rows[i].Recipient == phone {
+				out = append(out, string(rows[i].Status))
+			}
+		}
+		return strings.Join(out, ",")
+	}
+
+	t.Run("Online", func(t *testing.T) {
+		id, code, phone := book(2)
+		pickup := func() {
+			t.Helper()
+			r := st.call(t, "/box/v1/pickups", map[string]any{"code": code})
+			wantOpen(t, r, 2)
+			st.events(t, exchange.Event{Type: "bin_opened", Bin: 2}, exchange.Event{Type: "key_taken", Bin: 2, AccessID: r.AccessID}, exchange.Event{Type: "bin_closed", Bin: 2})
+		}
+		pickup()
+		if got := reminders(phone); got != "queued" {
+			t.Fatalf("after the pickup: %s, want queued", got)
+		}
+		wantOpen(t, st.call(t, "/box/v1/dropoffs", map[string]any{"code": code}), 2)
+		st.events(t, exchange.Event{Type: "bin_closed", Bin: 2, FobSerial: fob(st.fobs[2])})
+		if got := reminders(phone); got != "canceled" {
+			t.Fatalf("after the return of booking %s's key: %s, want canceled", id, got)
+		}
+		pickup()
+		if got := reminders(phone); got != "canceled,queued" {
+			t.Fatalf("after taking the key again: %s, want canceled,queued", got)
+		}
+	})
+	t.Run("Offline", func(t *testing.T) {
+		id, _, phone := book(3)
+		j, err := box.OpenJournal(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer j.Close()
+		add := func(kind string) {
+			t.Helper()
+			e := boxsync.Entry{BoxTime: time.Now().UTC(), Kind: kind, Bin: 3, FobSerial: st.fobs[3]}
+			if kind == boxsync.KindPickup {
+				e.Method, e.AccessID = boxsync.MethodVerifier, id
+			}
+			if _, err := j.Append(e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		send := func() {
+			t.Helper()
+			var res boxsync.Result
+			evs := j.Pending(j.Acked(), boxsync.MaxEvents)
+			if err := st.box.Call(context.Background(), 200, "POST", "/box/v1/sync", boxsync.SignBatch(st.box.ID.PrivateKey, st.box.ID.BoxID, evs), &res); err != nil {
+				t.Fatal(err)
+			}
+			if err := j.Ack(res.HighSeq); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Taken and brought back while the box was offline.
+		add(boxsync.KindPickup)
+		add(boxsync.KindDropoff)
+		send()
+		if got := reminders(phone); got != "canceled" {
+			t.Fatalf("after an offline pickup and return: %s, want canceled", got)
+		}
+		// Back, out again, back, out again: what counts is the last.
+		add(boxsync.KindPickup)
+		add(boxsync.KindDropoff)
+		add(boxsync.KindPickup)
+		send()
+		if got := reminders(phone); got != "canceled,queued" {
+			t.Fatalf("after taking the key again offline: %s, want canceled,queued", got)
+		}
+	})
 }

@@ -36,17 +36,25 @@ type Alerts interface {
 	AlertAdmins(ctx context.Context, kind string, data map[string]string) error
 }
 
+// Reminders follows an access's key out and back in for its return
+// reminder (tenants/bookings), in the caller's transaction.
+type Reminders interface {
+	KeysTaken(ctx context.Context, bookingIDs []uuid.UUID) error
+	KeysReturned(ctx context.Context, bookingIDs []uuid.UUID) error
+}
+
 // Emit writes tenant webhook events in the caller's transaction, all of a
 // batch's in one statement (tenants/webhooks.EmitAll).
 type Emit func(ctx context.Context, events ...webhooks.Event) error
 
 // Deps are the service's collaborators; Emit may be nil (no webhooks).
 type Deps struct {
-	Scope   *tenants.Scope
-	Offline Offline
-	Alerts  Alerts
-	Emit    Emit
-	Log     *slog.Logger
+	Scope     *tenants.Scope
+	Offline   Offline
+	Alerts    Alerts
+	Reminders Reminders
+	Emit      Emit
+	Log       *slog.Logger
 	// Observer counts ingested entries (the platform's metrics); may be nil.
 	Observer Observer
 }
@@ -58,13 +66,14 @@ type Observer interface {
 
 // Service ingests box journals.
 type Service struct {
-	scope    *tenants.Scope
-	offline  Offline
-	alerts   Alerts
-	emit     Emit
-	log      *slog.Logger
-	observer Observer
-	now      func() time.Time
+	scope     *tenants.Scope
+	offline   Offline
+	alerts    Alerts
+	reminders Reminders
+	emit      Emit
+	log       *slog.Logger
+	observer  Observer
+	now       func() time.Time
 }
 
 // New returns the service.
@@ -72,7 +81,7 @@ func New(d Deps) *Service {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{scope: d.Scope, offline: d.Offline, alerts: d.Alerts, emit: d.Emit, log: d.Log, observer: d.Observer, now: time.Now}
+	return &Service{scope: d.Scope, offline: d.Offline, alerts: d.Alerts, reminders: d.Reminders, emit: d.Emit, log: d.Log, observer: d.Observer, now: time.Now}
 }
 
 // State is where the server stands in a box's journal.
@@ -446,6 +455,16 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 		data["offline"], data["box_time"], data["seq"] = true, e.BoxTime.UTC(), e.Seq
 		events = append(events, webhooks.Event{Type: event, Data: data})
 	}
+	// What each access last did with its key in this batch (true: took
+	// it), for its return reminder: a return and a pickup after it leave
+	// the reminder as a pickup does.
+	lastTook, accesses := map[uuid.UUID]bool{}, []uuid.UUID{}
+	follow := func(id uuid.UUID, took bool) {
+		if _, ok := lastTook[id]; !ok {
+			accesses = append(accesses, id)
+		}
+		lastTook[id] = took
+	}
 	auditEntry := func(e parsed, action string, details map[string]string) {
 		details["seq"] = strconv.FormatUint(e.Seq, 10)
 		details["bin"] = strconv.Itoa(e.Bin)
@@ -503,6 +522,7 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 			k.State, k.BoxID, k.Bin, k.OutAccessID, k.OutUntil, k.changed = "out", nil, nil, access, nil, true
 			by := "box:" + p.BoxID.String()
 			if access != nil {
+				follow(*access, true)
 				details["booking"] = access.String()
 				by = "booking:" + access.String()
 				if bk, ok := bookings[*access]; ok {
@@ -528,6 +548,7 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 			}
 			details["key"] = k.ID.String()
 			if k.OutAccessID != nil {
+				follow(*k.OutAccessID, false)
 				details["booking"] = k.OutAccessID.String()
 			}
 			// As online (exchange's binClosed): a key that the records had
@@ -542,6 +563,22 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 		}
 	}
 	if err := writeKeys(ctx, tx, keys, now); err != nil {
+		return nil, err
+	}
+	// After the keys are written: a reminder queued again names the box
+	// the key is at now.
+	var took, returned []uuid.UUID
+	for _, id := range accesses {
+		if lastTook[id] {
+			took = append(took, id)
+		} else {
+			returned = append(returned, id)
+		}
+	}
+	if err := s.reminders.KeysReturned(ctx, returned); err != nil {
+		return nil, err
+	}
+	if err := s.reminders.KeysTaken(ctx, took); err != nil {
 		return nil, err
 	}
 	if err := insertAudit(ctx, tx, entries); err != nil {

@@ -130,6 +130,7 @@ type Messages interface {
 	Company(ctx context.Context) (string, error)
 	Reschedule(ctx context.Context, id uuid.UUID, notBefore, deadline time.Time) error
 	Cancel(ctx context.Context, id uuid.UUID) error
+	Statuses(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]outbox.Status, error)
 }
 
 // Keys protects codes: a keyed hash for lookups, sealing for showing them.

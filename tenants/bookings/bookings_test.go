@@ -948,3 +948,98 @@ func TestBookingNamesTheBoxHoldingTheKey(t *testing.T) {
 		}
 	})
 }
+
+// TestReturnReminderFollowsTheKey: a return calls the waiting reminder
+// off; taking the key again under the same access queues a new one; a
+// reminder that went out stays the only one; a booking that wants no
+// reminder gets none back.
+func TestReturnReminderFollowsTheKey(t *testing.T) {
+	e := newEnv(t)
+	f := newTenant(t, "Europe/Paris")
+	now := time.Now().Truncate(time.Second)
+	returned := func(id uuid.UUID) {
+		t.Helper()
+		if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error { return e.svc.KeysReturned(ctx, []uuid.UUID{id}) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	taken := func(id uuid.UUID) {
+		t.Helper()
+		if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error { return e.svc.KeysTaken(ctx, []uuid.UUID{id}) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	statuses := func(id uuid.UUID) string {
+		t.Helper()
+		var out []string
+		for _, r := range e.returnReminders(t, f, id) {
+			out = append(out, r.Status)
+		}
+		return strings.Join(out, ",")
+	}
+	book := func(name string) View {
+		t.Helper()
+		v, err := e.create(t, f, oneTime(addKey(t, f, name), now.Add(-time.Hour), now.Add(48*time.Hour)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+
+	t.Run("OKReturnCancelsTakeAgainQueues", func(t *testing.T) {
+		v := book("Twice")
+		first := e.waiting(t, f, v.ID)
+		taken(v.ID) // the first pickup: the reminder stays as it is
+		if got := statuses(v.ID); got != "queued" {
+			t.Fatalf("after the first pickup: %s, want queued", got)
+		}
+		returned(v.ID)
+		if got := statuses(v.ID); got != "canceled" {
+			t.Fatalf("after the return: %s, want canceled", got)
+		}
+		taken(v.ID)
+		again := e.waiting(t, f, v.ID)
+		if got := statuses(v.ID); got != "canceled,queued" || !again.NotBefore.Equal(*first.NotBefore) {
+			t.Fatalf("after taking the key again: %s at %v, want canceled,queued at %v", got, again.NotBefore, first.NotBefore)
+		}
+		taken(v.ID) // a repeated report adds nothing
+		if got := statuses(v.ID); got != "canceled,queued" {
+			t.Fatalf("after a repeated pickup report: %s", got)
+		}
+	})
+	t.Run("OKSentStaysTheOnlyOne", func(t *testing.T) {
+		v := book("Sent")
+		testDB.Exec(t, "UPDATE outbox SET status = 'sent', sent_at = now() WHERE id = $1", e.waiting(t, f, v.ID).ID)
+		returned(v.ID)
+		taken(v.ID)
+		if got := statuses(v.ID); got != "sent" {
+			t.Fatalf("a reminder that went out, then a return and a pickup: %s, want sent", got)
+		}
+	})
+	t.Run("OKRevokedGetsNoneBack", func(t *testing.T) {
+		v := book("Revoked")
+		returned(v.ID)
+		if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error { _, err := e.svc.Revoke(ctx, v.ID); return err }); err != nil {
+			t.Fatal(err)
+		}
+		taken(v.ID)
+		if got := statuses(v.ID); got != "canceled" {
+			t.Fatalf("revoked: %s, want canceled", got)
+		}
+	})
+	t.Run("OKReminderOffGetsNoneBack", func(t *testing.T) {
+		v := book("Off")
+		off := false
+		if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error {
+			_, err := e.svc.Update(ctx, v.ID, BookingPatch{ReturnReminder: &off})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		returned(v.ID)
+		taken(v.ID)
+		if got := statuses(v.ID); got != "canceled" {
+			t.Fatalf("reminder off: %s, want canceled", got)
+		}
+	})
+}

@@ -74,6 +74,111 @@ func (s *Service) remember(ctx context.Context, b Booking, kind string, id uuid.
 	return nil
 }
 
+// KeysReturned calls off the waiting return reminders of accesses
+// bookingIDs: their keys are back in a bin, and asking the visitors to
+// bring them back would be wrong. The key exchange calls it in the
+// transaction that records the returns (a box's report, or an offline
+// box's journal); reminders sent already are left alone. A visitor who
+// takes the key again under the same access gets one again (KeysTaken).
+//
+// A booking whose key was never taken keeps its reminder: when it is due,
+// nothing tells whether the visitor will still come before the end, and it
+// also says when access ends.
+func (s *Service) KeysReturned(ctx context.Context, bookingIDs []uuid.UUID) error {
+	if len(bookingIDs) == 0 {
+		return nil
+	}
+	all, err := s.returnReminders(ctx, bookingIDs)
+	if err != nil {
+		return err
+	}
+	for _, id := range bookingIDs {
+		for _, r := range all[id] {
+			if r.status != outbox.Queued {
+				continue
+			}
+			if err := s.msgs.Cancel(ctx, r.id); err != nil {
+				return wrap("cancel reminder", err)
+			}
+		}
+	}
+	return nil
+}
+
+// KeysTaken queues the return reminders of accesses bookingIDs again when
+// their keys are taken after a return called them off (KeysReturned): an
+// access may take its key more than once within its window. One that is
+// waiting or went out already stays the only one. Called in the
+// transaction that records the pickups.
+func (s *Service) KeysTaken(ctx context.Context, bookingIDs []uuid.UUID) error {
+	if len(bookingIDs) == 0 {
+		return nil
+	}
+	all, err := s.returnReminders(ctx, bookingIDs)
+	if err != nil {
+		return err
+	}
+	// Revoking a booking or turning its reminder off cancel the reminder
+	// too; such a booking wants none, and scheduleReturnReminder adds none.
+	var again []uuid.UUID
+	for _, id := range bookingIDs {
+		if rs := all[id]; len(rs) > 0 && rs[len(rs)-1].status == outbox.Canceled {
+			again = append(again, id)
+		}
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	var rs []row
+	if err := tx.Raw(selectRows+" WHERE bk.id IN ?", again).Scan(&rs).Error; err != nil {
+		return wrap("load bookings", err)
+	}
+	for _, r := range rs {
+		if err := s.scheduleReturnReminder(ctx, r.Booking, r.key(), true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type reminderState struct {
+	id     uuid.UUID
+	status outbox.Status
+}
+
+// returnReminders lists the return reminders of each of bookingIDs, oldest
+// first, with their status.
+func (s *Service) returnReminders(ctx context.Context, bookingIDs []uuid.UUID) (map[uuid.UUID][]reminderState, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rs []reminderRow
+	if err := tx.Where("booking_id IN ? AND kind = ?", bookingIDs, kindReturn).Order("created_at, outbox_id").Find(&rs).Error; err != nil {
+		return nil, wrap("load reminders", err)
+	}
+	if len(rs) == 0 {
+		return nil, nil
+	}
+	ids := make([]uuid.UUID, len(rs))
+	for i, r := range rs {
+		ids[i] = r.OutboxID
+	}
+	st, err := s.msgs.Statuses(ctx, ids)
+	if err != nil {
+		return nil, wrap("reminder status", err)
+	}
+	out := map[uuid.UUID][]reminderState{}
+	for _, r := range rs {
+		out[r.BookingID] = append(out[r.BookingID], reminderState{id: r.OutboxID, status: st[r.OutboxID]})
+	}
+	return out, nil
+}
+
 // remindersOf lists the ids of b's reminders of kind, oldest first.
 func remindersOf(ctx context.Context, bookingID uuid.UUID, kind string) ([]uuid.UUID, error) {
 	tx, err := tenants.Tx(ctx)
@@ -81,7 +186,7 @@ func remindersOf(ctx context.Context, bookingID uuid.UUID, kind string) ([]uuid.
 		return nil, err
 	}
 	var ids []uuid.UUID
-	if err := tx.Model(&reminderRow{}).Where("booking_id = ? AND kind = ?", bookingID, kind).Order("created_at").Pluck("outbox_id", &ids).Error; err != nil {
+	if err := tx.Model(&reminderRow{}).Where("booking_id = ? AND kind = ?", bookingID, kind).Order("created_at, outbox_id").Pluck("outbox_id", &ids).Error; err != nil {
 		return nil, wrap("load reminders", err)
 	}
 	return ids, nil

@@ -136,6 +136,9 @@ func (s *Service) keyTaken(ctx context.Context, p tenants.Principal, e Event) er
 	details := map[string]string{"key": k.ID.String(), "bin": strconv.Itoa(e.Bin)}
 	if e.AccessID != nil {
 		details["booking"] = e.AccessID.String()
+		if err := s.reminders.KeysTaken(ctx, []uuid.UUID{*e.AccessID}); err != nil {
+			return err
+		}
 	}
 	if err := s.record(ctx, p, "key.picked_up", "box", e.At, details); err != nil {
 		return err
@@ -213,6 +216,9 @@ func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) (
 		details := map[string]string{"key": k.ID.String(), "bin": strconv.Itoa(e.Bin)}
 		if k.OutAccessID != nil {
 			details["booking"] = k.OutAccessID.String()
+			if err := s.reminders.KeysReturned(ctx, []uuid.UUID{*k.OutAccessID}); err != nil {
+				return nil, err
+			}
 		}
 		if err := s.record(ctx, p, "key.returned", "box", e.At, details); err != nil {
 			return nil, err

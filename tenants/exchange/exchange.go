@@ -68,6 +68,14 @@ type Secrets interface {
 	Secret(ctx context.Context, boxID uuid.UUID) ([]byte, error)
 }
 
+// Reminders follows an access's key out and back in for its return
+// reminder (tenants/bookings): called off when the key comes back, queued
+// again when the access takes it again.
+type Reminders interface {
+	KeysTaken(ctx context.Context, bookingIDs []uuid.UUID) error
+	KeysReturned(ctx context.Context, bookingIDs []uuid.UUID) error
+}
+
 // Observer counts pickup outcomes (the platform's metrics). Only what the
 // box was told is passed: a result and a denial reason, never a code.
 type Observer interface {
@@ -76,31 +84,34 @@ type Observer interface {
 
 // Deps are the service's collaborators. Observer may be nil.
 type Deps struct {
-	Accounts Accounts
-	Messages Messages
-	Keys     Hasher
-	Guard    *guard.Guard
-	Commands Commands
-	Secrets  Secrets
-	Observer Observer
+	Accounts  Accounts
+	Messages  Messages
+	Keys      Hasher
+	Guard     *guard.Guard
+	Commands  Commands
+	Secrets   Secrets
+	Reminders Reminders
+	Observer  Observer
 }
 
 // Service runs pickups, dropoffs and bin reports.
 type Service struct {
-	accounts Accounts
-	messages Messages
-	keys     Hasher
-	guard    *guard.Guard
-	commands Commands
-	secrets  Secrets
-	observer Observer
-	cfg      Config
-	now      func() time.Time
+	accounts  Accounts
+	messages  Messages
+	keys      Hasher
+	guard     *guard.Guard
+	commands  Commands
+	secrets   Secrets
+	reminders Reminders
+	observer  Observer
+	cfg       Config
+	now       func() time.Time
 }
 
 // New returns the service.
 func New(d Deps, cfg Config) *Service {
-	return &Service{accounts: d.Accounts, messages: d.Messages, keys: d.Keys, guard: d.Guard, commands: d.Commands, secrets: d.Secrets, observer: d.Observer, cfg: cfg, now: time.Now}
+	return &Service{accounts: d.Accounts, messages: d.Messages, keys: d.Keys, guard: d.Guard, commands: d.Commands, secrets: d.Secrets,
+		reminders: d.Reminders, observer: d.Observer, cfg: cfg, now: time.Now}
 }
 
 // observe counts a pickup step's outcome once its transaction has committed:

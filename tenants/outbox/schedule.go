@@ -213,6 +213,27 @@ func (o *Outbox) Reschedule(ctx context.Context, id uuid.UUID, notBefore, deadli
 	}).Error
 }
 
+// Statuses returns the status of each of ids of ctx's tenant, without
+// opening their data; ids that do not exist are absent.
+func (o *Outbox) Statuses(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]Status, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rs []struct {
+		ID     uuid.UUID
+		Status Status
+	}
+	if err := tx.Model(&record{}).Select("id, status").Where("id IN ?", ids).Scan(&rs).Error; err != nil {
+		return nil, fmt.Errorf("outbox: statuses: %w", err)
+	}
+	out := make(map[uuid.UUID]Status, len(rs))
+	for _, r := range rs {
+		out[r.ID] = r.Status
+	}
+	return out, nil
+}
+
 // Cancel calls off a queued message; one already sent is left alone.
 func (o *Outbox) Cancel(ctx context.Context, id uuid.UUID) error {
 	tx, err := tenants.Tx(ctx)
