@@ -544,3 +544,31 @@ func TestOpenAPIWebhooks(t *testing.T) {
 	sc.call(owner, 204, true, "DELETE", "/api/v1/webhooks/"+id, nil, "Idempotency-Key", uuid.NewString())
 	sc.call(owner, 404, true, "DELETE", "/api/v1/webhooks/"+uuid.NewString(), nil)
 }
+
+// TestWebhookBookingRevoked: an endpoint subscribed to booking.revoked
+// receives the revocation, signed, with the booking's ids and its new
+// status, and nothing it did not subscribe to.
+func TestWebhookBookingRevoked(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	rcv := newReceiver(t, nil)
+	id, secret := endpoint(t, f.Owner, rcv.srv.URL, "booking.revoked")
+	st := s.newSite(t, f, 1)
+	bookingID, _ := st.book(t, 1, time.Hour, 2*time.Hour)
+	f.Owner.expect(t, 200, "POST", "/api/v1/bookings/"+bookingID+"/revoke", nil)
+
+	pump(t, s.dispatcher(t), func() bool { return len(rcv.requests()) >= 1 })
+	got := rcv.ofType("booking.revoked")
+	if len(got) != 1 || len(rcv.requests()) != 1 {
+		t.Fatalf("receiver got %d booking.revoked events, %d in all; want just the one", len(got), len(rcv.requests()))
+	}
+	verify(t, secret, got[0])
+	ev := got[0].Event
+	if ev.TenantID != f.ID.String() || ev.Data["booking_id"] != bookingID || ev.Data["key_id"] != st.keys[1] || ev.Data["status"] != "revoked" || ev.Data["kind"] != "one_time" {
+		t.Errorf("event %+v", ev)
+	}
+	ds := deliveriesOf(t, f.Owner, id)
+	if len(ds) != 1 || ds[0]["status"] != "delivered" || ds[0]["event_id"] != ev.ID || ds[0]["event"] != "booking.revoked" {
+		t.Fatalf("deliveries %v", ds)
+	}
+}

@@ -1043,3 +1043,150 @@ func TestReturnReminderFollowsTheKey(t *testing.T) {
 		}
 	})
 }
+
+// at sets the service's clock to now.
+func (e *env) at(now time.Time) { e.svc.now = func() time.Time { return now } }
+
+// TestListStatusFilters: each status filter returns exactly the bookings
+// whose StatusAt is that status, boundaries included (a window starting or
+// ending at now), so the SQL and the Go rule agree.
+func TestListStatusFilters(t *testing.T) {
+	e := newEnv(t)
+	f := newTenant(t, "UTC")
+	now := time.Now().Truncate(time.Second)
+	h := time.Hour
+	type booking struct {
+		name       string
+		createdAt  time.Time // the service's clock when created (and revoked)
+		start, end time.Duration
+		ongoing    bool
+		hold       bool
+		revoke     bool
+		want       Status
+	}
+	cases := []booking{
+		{name: "Upcoming", createdAt: now, start: h, end: 2 * h, want: Upcoming},
+		{name: "Active", createdAt: now, start: -h, end: h, want: Active},
+		{name: "StartsNow", createdAt: now, start: 0, end: h, want: Active},
+		{name: "Ended", createdAt: now.Add(-3 * h), start: -2 * h, end: -h, want: Ended},
+		{name: "EndsNow", createdAt: now.Add(-3 * h), start: -2 * h, end: 0, want: Ended},
+		{name: "Revoked", createdAt: now, start: h, end: 2 * h, revoke: true, want: Revoked},
+		{name: "RevokedAndEnded", createdAt: now.Add(-3 * h), start: -2 * h, end: -h, revoke: true, want: Revoked},
+		{name: "Held", createdAt: now, start: h, end: 2 * h, hold: true, want: Held},
+		{name: "HeldStarted", createdAt: now, start: -h, end: h, hold: true, want: Held},
+		{name: "HeldEnded", createdAt: now.Add(-3 * h), start: -2 * h, end: -h, hold: true, want: Ended},
+		{name: "OngoingActive", createdAt: now, start: -h, ongoing: true, want: Active},
+		{name: "OngoingUpcoming", createdAt: now, start: h, ongoing: true, want: Upcoming},
+		{name: "OngoingRevoked", createdAt: now, start: -h, ongoing: true, revoke: true, want: Revoked},
+	}
+	want := map[uuid.UUID]booking{}
+	for _, c := range cases {
+		e.at(c.createdAt)
+		in := oneTime(addKey(t, f, c.name), now.Add(c.start), now.Add(c.end))
+		if c.ongoing {
+			in.Kind, in.EndsAt = Ongoing, nil
+		}
+		in.Hold = &c.hold
+		v, err := e.create(t, f, in)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if c.revoke {
+			if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error { _, err := e.svc.Revoke(ctx, v.ID); return err }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want[v.ID] = c
+	}
+	e.at(now)
+	for _, st := range []Status{Upcoming, Active, Ended, Revoked, Held} {
+		t.Run(string(st), func(t *testing.T) {
+			var got []View
+			if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error {
+				var err error
+				got, err = e.svc.List(ctx, Filter{Status: st, Limit: 100})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			seen := map[uuid.UUID]bool{}
+			for _, v := range got {
+				seen[v.ID] = true
+				if v.Status != st {
+					t.Errorf("%s is listed under %s but its status is %s", want[v.ID].name, st, v.Status)
+				}
+			}
+			for id, c := range want {
+				if (c.want == st) != seen[id] {
+					t.Errorf("%s (status %s): listed under %s = %v", c.name, c.want, st, seen[id])
+				}
+			}
+		})
+	}
+	t.Run("ErrUnknownStatus", func(t *testing.T) {
+		err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error {
+			_, err := e.svc.List(ctx, Filter{Status: "lost", Limit: 10})
+			return err
+		})
+		if tenants.ErrorCode(err) != tenants.EInvalid {
+			t.Fatalf("status=lost: %v, want invalid", err)
+		}
+	})
+}
+
+// TestAliasFreedWhenItsBookingEnds: an alias linked to a booking can link
+// a new booking once that one has ended, with no revocation; not before.
+func TestAliasFreedWhenItsBookingEnds(t *testing.T) {
+	e := newEnv(t)
+	f := newTenant(t, "UTC")
+	now := time.Now().Truncate(time.Second)
+	e.at(now)
+	var alias AliasView
+	if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error {
+		var err error
+		alias, err = e.svc.CreateAlias(ctx, NewAliasInput{Visitor: &Visitor{Name: "Hana", Email: ptr("hana@example.com")}, NotifyVia: outbox.Email})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	withAlias := func(key uuid.UUID, start, end time.Time) NewBookingInput {
+		in := oneTime(key, start, end)
+		in.AliasCodeID = ptr(alias.ID.String())
+		return in
+	}
+	first, err := e.create(t, f, withAlias(addKey(t, f, "Room 1"), now.Add(time.Hour), now.Add(2*time.Hour)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := withAlias(addKey(t, f, "Room 2"), now.Add(3*time.Hour), now.Add(4*time.Hour))
+	t.Run("ErrWhileLive", func(t *testing.T) {
+		e.at(now.Add(2*time.Hour - time.Second))
+		if _, err := e.create(t, f, later); tenants.ErrorCode(err) != tenants.EConflict {
+			t.Fatalf("linking the alias of a live booking: %v, want a conflict", err)
+		}
+	})
+	t.Run("OKOnceEnded", func(t *testing.T) {
+		e.at(now.Add(2 * time.Hour)) // the first booking's end
+		var a AliasView
+		if err := e.as(t, f, tenants.RoleStaff, func(ctx context.Context) error {
+			var err error
+			a, err = e.svc.GetAlias(ctx, alias.ID)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if a.Status != AliasFree || a.BookingID != nil {
+			t.Fatalf("the alias after its booking ended: %s linked to %v, want free", a.Status, a.BookingID)
+		}
+		second, err := e.create(t, f, later)
+		if err != nil {
+			t.Fatalf("linking the alias after booking %s ended: %v", first.ID, err)
+		}
+		if second.Code != alias.Code || second.AliasCodeID == nil || *second.AliasCodeID != alias.ID {
+			t.Fatalf("the new booking's code %q alias %v, want the alias's %q", second.Code, second.AliasCodeID, alias.Code)
+		}
+		if first.RevokedAt != nil {
+			t.Fatal("the first booking was revoked")
+		}
+	})
+}
