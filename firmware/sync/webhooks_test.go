@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -20,6 +21,9 @@ import (
 	"github.com/keyrelay/keyrelay/firmware/offline"
 	boxsync "github.com/keyrelay/keyrelay/firmware/sync"
 	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/bookings"
+	"github.com/keyrelay/keyrelay/tenants/guard"
+	"github.com/keyrelay/keyrelay/tenants/outbox"
 	"github.com/keyrelay/keyrelay/tenants/secretbox"
 	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
@@ -62,7 +66,17 @@ func setup(t *testing.T) {
 		}
 		scope = tenants.NewScope(db)
 		hooks = webhooks.New(sb, webhooks.Config{AllowPrivate: true})
-		svc = boxsync.New(boxsync.Deps{Scope: scope, Offline: offline.New(nil, sb), Alerts: alerts, Emit: webhooks.EmitAll})
+		// The access's return reminder follows its key (tenants/bookings,
+		// on its outbox); its locks need Redis, under a prefix of its own.
+		locks, err := guard.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"}), "keyrelay-test:sync:"+uuid.NewString())
+		if err != nil {
+			t.Fatal(err)
+		}
+		reminders, err := bookings.NewService(bookings.Deps{Keys: sb, Messages: outbox.New(sb), Locks: locks}, bookings.DefaultConfig("https://keys.example.com"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc = boxsync.New(boxsync.Deps{Scope: scope, Offline: offline.New(nil, sb), Alerts: alerts, Reminders: reminders, Emit: webhooks.EmitAll})
 	})
 	if svc == nil {
 		t.Fatal("setup failed earlier")
