@@ -42,7 +42,13 @@ func TestBoxProvisioning(t *testing.T) {
 	boxID := insertBox(t, f.ID, "MS5")
 	ctx := context.Background()
 
-	tok := f.Owner.expect(t, 201, "POST", "/api/v1/boxes/"+boxID.String()+"/provisioning-token", nil).JSON(t)
+	// The installer's screen retried with its Idempotency-Key: the same
+	// token, not a second one that voids the first.
+	idem := uuid.NewString()
+	tok := f.Owner.expect(t, 201, "POST", "/api/v1/boxes/"+boxID.String()+"/provisioning-token", nil, "Idempotency-Key", idem).JSON(t)
+	if again := f.Owner.expect(t, 201, "POST", "/api/v1/boxes/"+boxID.String()+"/provisioning-token", nil, "Idempotency-Key", idem).JSON(t); again["token"] != tok["token"] {
+		t.Fatal("a retried token request issued another token")
+	}
 	exp, _ := time.Parse(time.RFC3339, tok["expires_at"].(string))
 	if d := time.Until(exp); d < 23*time.Hour || d > 25*time.Hour {
 		t.Errorf("token expires in %v, want 24h", d)

@@ -161,7 +161,7 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	// Boxes: device identity (firmware/devices). A box signs every request
 	// with its device key; provisioning is rate-limited like sign-in.
 	dev := devices.NewHandlers(a.devices)
-	v1.Post("/boxes/:id/provisioning-token", auth, admin, dev.IssueToken)
+	v1.Post("/boxes/:id/provisioning-token", auth, idem, admin, dev.IssueToken)
 	v1.Delete("/boxes/:id/credential", auth, admin, dev.Revoke)
 	boxAPI := app.Group("/box/v1")
 	boxAuth := a.authenticateBox
