@@ -32,10 +32,14 @@ type keyRow struct {
 	OutAccessID *uuid.UUID
 }
 
-// Dropoff gives the box a free bin for a key coming back: its home bin when
-// this is its home box and the bin is free, else a bin no key calls home,
-// else any free bin. Accepted after the access ended or was revoked: a
-// key must always be able to come back.
+// Dropoff gives the box a free bin for a key coming back: the bin this
+// key was given here already when it is still free (a visitor trying
+// again), else its home bin when this is its home box and the bin is
+// free, else a bin no key calls home, else any free bin. A bin held for
+// another key's dropoff in progress is not free. The bin is kept with the
+// key (dropoff_assignments) so that the box's report of where the key
+// went can be checked against it. Accepted after the access ended or was
+// revoked: a key must always be able to come back.
 func (s *Service) Dropoff(ctx context.Context, in DropoffInput) (Result, error) {
 	p, err := tenants.RequireBox(ctx)
 	if err != nil {
@@ -96,12 +100,22 @@ func (s *Service) Dropoff(ctx context.Context, in DropoffInput) (Result, error) 
 	if k.State == "in_bin" {
 		return denied(NotOut), s.record(ctx, p, "dropoff.denied", method, in.BoxTime, mergeDetails(details, map[string]string{"reason": NotOut}))
 	}
-	bin, err := freeBin(ctx, p.BoxID, k)
+	// Choosing and reserving a bin is one step per box at a time: without
+	// the lock two dropoffs would both see the same bin free. NO KEY
+	// UPDATE leaves the foreign-key checks of other writers unblocked.
+	if err := tx.Exec(`SELECT 1 FROM boxes WHERE id = ? FOR NO KEY UPDATE`, p.BoxID).Error; err != nil {
+		return Result{}, errf("lock box: %w", err)
+	}
+	now := s.now()
+	bin, err := freeBin(ctx, p.BoxID, k, now)
 	if err != nil {
 		return Result{}, err
 	}
 	if bin == 0 {
 		return denied(NoFreeBin), s.record(ctx, p, "dropoff.denied", method, in.BoxTime, mergeDetails(details, map[string]string{"reason": NoFreeBin}))
+	}
+	if err := assign(ctx, p, k.ID, bin, now, now.Add(s.cfg.DropoffHold)); err != nil {
+		return Result{}, err
 	}
 	details["bin"] = strconv.Itoa(bin)
 	if err := s.record(ctx, p, "dropoff.opened", method, in.BoxTime, details); err != nil {
@@ -110,8 +124,10 @@ func (s *Service) Dropoff(ctx context.Context, in DropoffInput) (Result, error) 
 	return Result{Result: "open", Bin: &bin, KeyID: &k.ID, AccessID: k.OutAccessID}, nil
 }
 
-// freeBin picks the bin for k at boxID, or 0 when none is free.
-func freeBin(ctx context.Context, boxID uuid.UUID, k keyRow) (int, error) {
+// freeBin picks the bin for k at boxID, or 0 when none is free. A bin
+// is free when no key is in it and no other key's dropoff holds it (an
+// assignment not expired, of a key still on its way back).
+func freeBin(ctx context.Context, boxID uuid.UUID, k keyRow, now time.Time) (int, error) {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return 0, err
@@ -122,14 +138,74 @@ func freeBin(ctx context.Context, boxID uuid.UUID, k keyRow) (int, error) {
 	}
 	var bin int
 	err = tx.Raw(`SELECT n FROM boxes bx, generate_series(1, bx.bins) AS n
-		WHERE bx.id = ?
+		WHERE bx.id = @box
 		  AND NOT EXISTS (SELECT 1 FROM keys k WHERE k.box_id = bx.id AND k.bin = n AND k.state = 'in_bin' AND k.deleted_at IS NULL)
-		ORDER BY (n = ?) DESC,
+		  AND NOT EXISTS (SELECT 1 FROM dropoff_assignments a JOIN keys ak ON ak.tenant_id = a.tenant_id AND ak.id = a.key_id
+		      WHERE a.box_id = bx.id AND a.bin = n AND a.key_id <> @key AND a.expires_at > @now
+		        AND ak.state <> 'in_bin' AND ak.deleted_at IS NULL)
+		ORDER BY EXISTS (SELECT 1 FROM dropoff_assignments a WHERE a.key_id = @key AND a.box_id = bx.id AND a.bin = n) DESC,
+		  (n = @home) DESC,
 		  EXISTS (SELECT 1 FROM keys k WHERE k.home_box_id = bx.id AND k.home_bin = n AND k.deleted_at IS NULL),
 		  n
-		LIMIT 1`, boxID, home).Scan(&bin).Error
+		LIMIT 1`, map[string]any{"box": boxID, "key": k.ID, "now": now, "home": home}).Scan(&bin).Error
 	if err != nil {
 		return 0, errf("find a free bin: %w", err)
 	}
 	return bin, nil
+}
+
+// assign keeps the bin a dropoff gave keyID, replacing the key's earlier
+// assignment. Another key's row on that bin can only be one freeBin let
+// go (expired, or its key already in a bin), and it makes way.
+func assign(ctx context.Context, p tenants.Principal, keyID uuid.UUID, bin int, now, until time.Time) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	if err := tx.Exec(`DELETE FROM dropoff_assignments WHERE box_id = ? AND bin = ? AND key_id <> ?`, p.BoxID, bin, keyID).Error; err != nil {
+		return errf("free an old assignment: %w", err)
+	}
+	err = tx.Exec(`INSERT INTO dropoff_assignments (tenant_id, key_id, box_id, bin, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (tenant_id, key_id) DO UPDATE SET box_id = EXCLUDED.box_id, bin = EXCLUDED.bin, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at`,
+		p.TenantID, keyID, p.BoxID, bin, now, until).Error
+	if err != nil {
+		return errf("assign bin: %w", err)
+	}
+	return nil
+}
+
+// assignment is where the last dropoff of a key told it to go.
+type assignment struct {
+	BoxID     uuid.UUID
+	Bin       int
+	CreatedAt time.Time
+}
+
+// assignmentOf returns keyID's assignment, and false when it has none.
+func assignmentOf(ctx context.Context, keyID uuid.UUID) (assignment, bool, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return assignment{}, false, err
+	}
+	var as []assignment
+	if err := tx.Raw(`SELECT box_id, bin, created_at FROM dropoff_assignments WHERE key_id = ?`, keyID).Scan(&as).Error; err != nil {
+		return assignment{}, false, errf("read assignment: %w", err)
+	}
+	if len(as) == 0 {
+		return assignment{}, false, nil
+	}
+	return as[0], true, nil
+}
+
+// forgetAssignment drops keyID's assignment once the key is in a bin, is
+// taken, or is missing: it no longer says where the key is going.
+func forgetAssignment(ctx context.Context, keyID uuid.UUID) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	if err := tx.Exec(`DELETE FROM dropoff_assignments WHERE key_id = ?`, keyID).Error; err != nil {
+		return errf("forget assignment: %w", err)
+	}
+	return nil
 }

@@ -40,7 +40,7 @@ const MaxEvents = 100
 
 // Flag is an inventory mismatch the tenant should look at.
 type Flag struct {
-	Kind      string     `json:"kind"` // wrong_bin, unknown_fob, missing_key
+	Kind      string     `json:"kind"` // wrong_bin, wrong_box, unknown_fob, missing_key
 	Bin       int        `json:"bin"`
 	KeyID     *uuid.UUID `json:"key_id,omitempty"`
 	FobSerial *string    `json:"fob_serial,omitempty"`
@@ -133,6 +133,9 @@ func (s *Service) keyTaken(ctx context.Context, p tenants.Principal, e Event) er
 		WHERE id = ?`, e.AccessID, now, until, outBy, now, k.ID).Error; err != nil {
 		return errf("mark key out: %w", err)
 	}
+	if err := forgetAssignment(ctx, k.ID); err != nil {
+		return err
+	}
 	details := map[string]string{"key": k.ID.String(), "bin": strconv.Itoa(e.Bin)}
 	if e.AccessID != nil {
 		details["booking"] = e.AccessID.String()
@@ -153,13 +156,20 @@ type placed struct {
 	State       string
 	BoxID       *uuid.UUID
 	Bin         *int
+	HomeBoxID   uuid.UUID
+	HomeBin     int
 	OutAccessID *uuid.UUID
+	OutSince    *time.Time
 }
 
+const placedColumns = `id, name, state, box_id, bin, home_box_id, home_bin, out_access_id, out_since`
+
 // binClosed reconciles what a closed bin holds with the records: a key
-// coming back is put in; a key found where the records do not have it is
-// moved there and flagged; an unknown fob is flagged; a key the records
-// have in an empty bin becomes missing and is flagged.
+// coming back is put in, and flagged when it is not where it was expected
+// (misplaced); a key found where the records do not have it is moved there
+// and flagged; an unknown fob is flagged; a key the records have in an
+// empty bin becomes missing and is flagged. The records always follow what
+// the box saw: a flag asks someone to look, it does not undo the move.
 func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) ([]Flag, error) {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
@@ -167,7 +177,7 @@ func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) (
 	}
 	now := s.now()
 	var recorded placed
-	err = tx.Raw(`SELECT id, name, state, box_id, bin, out_access_id FROM keys WHERE box_id = ? AND bin = ? AND state = 'in_bin' AND deleted_at IS NULL`, p.BoxID, e.Bin).Take(&recorded).Error
+	err = tx.Raw(`SELECT `+placedColumns+` FROM keys WHERE box_id = ? AND bin = ? AND state = 'in_bin' AND deleted_at IS NULL`, p.BoxID, e.Bin).Take(&recorded).Error
 	hasRecorded := err == nil
 	if err != nil && !errors.Is(err, gorm.ErrRecordNotFound) {
 		return nil, errf("find bin's key: %w", err)
@@ -180,12 +190,15 @@ func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) (
 		if err := tx.Exec(`UPDATE keys SET state = 'missing', box_id = NULL, bin = NULL, updated_at = ? WHERE id = ?`, now, recorded.ID).Error; err != nil {
 			return nil, errf("mark key missing: %w", err)
 		}
+		if err := forgetAssignment(ctx, recorded.ID); err != nil {
+			return nil, err
+		}
 		f := Flag{Kind: "missing_key", Bin: e.Bin, KeyID: &recorded.ID, Detail: fmt.Sprintf("%s should be in bin %d, which is empty", recorded.Name, e.Bin)}
 		return []Flag{f}, s.raise(ctx, p, f, e.At)
 	}
 	fob := *e.FobSerial
 	var k placed
-	err = tx.Raw(`SELECT id, name, state, box_id, bin, out_access_id FROM keys WHERE fob_serial = ? AND deleted_at IS NULL`, fob).Take(&k).Error
+	err = tx.Raw(`SELECT `+placedColumns+` FROM keys WHERE fob_serial = ? AND deleted_at IS NULL`, fob).Take(&k).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
 		f := Flag{Kind: "unknown_fob", Bin: e.Bin, FobSerial: &fob, Detail: fmt.Sprintf("bin %d holds a fob this business does not know (%s)", e.Bin, fob)}
 		return []Flag{f}, s.raise(ctx, p, f, e.At)
@@ -201,6 +214,9 @@ func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) (
 		if err := tx.Exec(`UPDATE keys SET state = 'missing', box_id = NULL, bin = NULL, updated_at = ? WHERE id = ?`, now, recorded.ID).Error; err != nil {
 			return nil, errf("mark key missing: %w", err)
 		}
+		if err := forgetAssignment(ctx, recorded.ID); err != nil {
+			return nil, err
+		}
 		f := Flag{Kind: "missing_key", Bin: e.Bin, KeyID: &recorded.ID, Detail: fmt.Sprintf("%s should be in bin %d, which holds %s", recorded.Name, e.Bin, k.Name)}
 		flags = append(flags, f)
 		if err := s.raise(ctx, p, f, e.At); err != nil {
@@ -213,6 +229,11 @@ func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) (
 	}
 	switch k.State {
 	case "out", "missing":
+		// Read before the assignment goes, below.
+		f, wrong, err := misplaced(ctx, p, k, e.Bin, fob)
+		if err != nil {
+			return nil, err
+		}
 		details := map[string]string{"key": k.ID.String(), "bin": strconv.Itoa(e.Bin)}
 		if k.OutAccessID != nil {
 			details["booking"] = k.OutAccessID.String()
@@ -227,14 +248,77 @@ func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) (
 			"booking_id": k.OutAccessID, "at": now.UTC()}); err != nil {
 			return nil, err
 		}
+		if wrong {
+			flags = append(flags, f)
+			if err := s.raise(ctx, p, f, e.At); err != nil {
+				return nil, err
+			}
+		}
 	default: // in another bin or box according to the records
-		f := Flag{Kind: "wrong_bin", Bin: e.Bin, KeyID: &k.ID, FobSerial: &fob, Detail: fmt.Sprintf("%s was found in bin %d; the records had it elsewhere, and now have it here", k.Name, e.Bin)}
+		f := Flag{Kind: "wrong_bin", Bin: e.Bin, KeyID: &k.ID, FobSerial: &fob, Detail: fmt.Sprintf("%s was found in bin %d; the records had it in another bin, and now have it here", k.Name, e.Bin)}
+		if k.BoxID == nil || *k.BoxID != p.BoxID {
+			f.Kind = "wrong_box"
+			f.Detail = fmt.Sprintf("%s was found in bin %d of this box; the records had it in box %q, and now have it here", k.Name, e.Bin, boxName(ctx, k.BoxID))
+		}
 		flags = append(flags, f)
 		if err := s.raise(ctx, p, f, e.At); err != nil {
 			return nil, err
 		}
 	}
+	if err := forgetAssignment(ctx, k.ID); err != nil {
+		return nil, err
+	}
 	return flags, nil
+}
+
+// misplaced reports whether a key coming back turned up somewhere else
+// than expected, and the flag that says so. Expected is the box and bin
+// its dropoff was given; without a dropoff since the key last went out (a
+// bin opened for something else, an assignment left from an earlier
+// return), its home bin. A key dropped off at any box where it was told
+// is where it should be.
+func misplaced(ctx context.Context, p tenants.Principal, k placed, bin int, fob string) (Flag, bool, error) {
+	a, dropped, err := assignmentOf(ctx, k.ID)
+	if err != nil {
+		return Flag{}, false, err
+	}
+	if dropped && k.OutSince != nil && a.CreatedAt.Before(*k.OutSince) {
+		dropped = false
+	}
+	f := Flag{Bin: bin, KeyID: &k.ID, FobSerial: &fob}
+	switch {
+	case dropped && a.BoxID != p.BoxID:
+		f.Kind = "wrong_box"
+		f.Detail = fmt.Sprintf("%s was returned to bin %d of this box, but its dropoff was given bin %d of box %q; the records now have it here",
+			k.Name, bin, a.Bin, boxName(ctx, &a.BoxID))
+	case dropped && a.Bin != bin:
+		f.Kind = "wrong_bin"
+		f.Detail = fmt.Sprintf("%s was returned to bin %d, but its dropoff was given bin %d; the records now have it in bin %d", k.Name, bin, a.Bin, bin)
+	case dropped:
+		return Flag{}, false, nil
+	case k.HomeBoxID != p.BoxID:
+		f.Kind = "wrong_box"
+		f.Detail = fmt.Sprintf("%s was returned to bin %d of this box without a dropoff, not to its home box %q (bin %d); the records now have it here",
+			k.Name, bin, boxName(ctx, &k.HomeBoxID), k.HomeBin)
+	case k.HomeBin != bin:
+		f.Kind = "wrong_bin"
+		f.Detail = fmt.Sprintf("%s was returned to bin %d without a dropoff, not to its home bin %d; the records now have it in bin %d", k.Name, bin, k.HomeBin, bin)
+	default:
+		return Flag{}, false, nil
+	}
+	return f, true, nil
+}
+
+// boxName names a box in a flag's text; an unreadable name leaves the
+// flag worth raising.
+func boxName(ctx context.Context, id *uuid.UUID) string {
+	if id == nil {
+		return "unknown"
+	}
+	if n := inventory.BoxName(ctx, *id); n != "" {
+		return n
+	}
+	return id.String()
 }
 
 // raise stores a flag, audits it and tells the tenant's admins.

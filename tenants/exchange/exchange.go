@@ -45,17 +45,23 @@ type Hasher interface {
 	Hash(parts ...[]byte) []byte
 }
 
-// Config holds the SMS budgets of pickup codes.
+// Config holds the SMS budgets of pickup codes and how long a dropoff
+// keeps its bin.
 type Config struct {
 	SMSPerPhoneHour int64 // codes one phone may receive an hour, per booking
 	SMSPerPhoneDay  int64
 	SMSDailyBudget  int64 // the tenant's SMS a day
 	ChallengeTTL    time.Duration
+	// DropoffHold is how long the bin a dropoff was given stays reserved
+	// for that key: long enough for a visitor to put the key in and shut
+	// the door, short enough that an abandoned dropoff does not keep a bin.
+	DropoffHold time.Duration
 }
 
 // DefaultConfig returns the numbers.
 func DefaultConfig() Config {
-	return Config{SMSPerPhoneHour: guard.SMSPerPhoneHour, SMSPerPhoneDay: guard.SMSPerPhoneDay, SMSDailyBudget: 1000, ChallengeTTL: 10 * time.Minute}
+	return Config{SMSPerPhoneHour: guard.SMSPerPhoneHour, SMSPerPhoneDay: guard.SMSPerPhoneDay, SMSDailyBudget: 1000, ChallengeTTL: 10 * time.Minute,
+		DropoffHold: 10 * time.Minute}
 }
 
 // Commands reaches a box from afar (a booking-URL pickup).
@@ -110,6 +116,9 @@ type Service struct {
 
 // New returns the service.
 func New(d Deps, cfg Config) *Service {
+	if cfg.DropoffHold <= 0 {
+		cfg.DropoffHold = DefaultConfig().DropoffHold
+	}
 	return &Service{accounts: d.Accounts, messages: d.Messages, keys: d.Keys, guard: d.Guard, commands: d.Commands, secrets: d.Secrets,
 		reminders: d.Reminders, observer: d.Observer, cfg: cfg, now: time.Now}
 }

@@ -24,7 +24,7 @@ type Flag struct {
 	ID         uuid.UUID  `json:"id"`
 	BoxID      uuid.UUID  `json:"box_id"`
 	Bin        int        `json:"bin"`
-	Kind       string     `json:"kind"` // wrong_bin, unknown_fob, missing_key
+	Kind       string     `json:"kind"` // wrong_bin, wrong_box, unknown_fob, missing_key
 	KeyID      *uuid.UUID `json:"key_id"`
 	FobSerial  *string    `json:"fob_serial"`
 	Detail     string     `json:"detail"`
