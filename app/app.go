@@ -274,8 +274,8 @@ func NewApp(ctx context.Context, cfg Config, log *slog.Logger) (*App, error) {
 	}
 	a.providers = providers.NewStore(a.box, pluginChecker{h: a.plugins, production: cfg.Production()}, a.defaults)
 	// Inventory: bookings counts a key's live accesses, which stop its
-	// deletion.
-	if a.inventory, err = inventory.NewService(a.bookings); err != nil {
+	// deletion, and says when an access holding a key ends.
+	if a.inventory, err = inventory.NewService(keyAccesses{a.bookings}); err != nil {
 		a.Close()
 		return nil, err
 	}

@@ -408,6 +408,11 @@ func TestOpenAPIInventory(t *testing.T) {
 		}
 		checkFields(t, name, s.Value, typ)
 	}
+	if s := doc.Components.Schemas["SetKeyWhereaboutsRequest"]; s == nil {
+		t.Error("no SetKeyWhereaboutsRequest schema")
+	} else {
+		checkFields(t, "SetKeyWhereaboutsRequest", s.Value, reflect.TypeOf(inventory.WhereaboutsInput{}))
+	}
 	if len(boxDetail.AllOf) != 2 || boxDetail.AllOf[0].Ref != "#/components/schemas/Box" || boxDetail.AllOf[1].Value.Properties["bin_contents"] == nil {
 		t.Error("BoxDetail must be Box with bin_contents")
 	}
@@ -481,6 +486,21 @@ func TestOpenAPIInventory(t *testing.T) {
 	sc.call(staff, 422, false, "PATCH", "/api/v1/keys/"+key, map[string]any{"fob_serial": "no spaces"})
 	sc.call(staff, 400, false, "PATCH", "/api/v1/keys/"+key, map[string]any{"state": "out"})
 	sc.call(staff, 404, true, "PATCH", "/api/v1/keys/"+uuid.NewString(), map[string]any{"name": "X"})
+	// Where the key is, corrected by hand, and back in its (new) home bin.
+	where := "/api/v1/keys/" + key + "/whereabouts"
+	if w := sc.call(staff, 200, true, "PUT", where, map[string]any{"state": "out", "access_id": nil, "note": "handed over at the desk"}, idem()...).JSON(t)["whereabouts"].(map[string]any); w["state"] != "out" || w["since"] == nil {
+		t.Errorf("whereabouts after a correction to out: %v", w)
+	}
+	sc.call(staff, 200, true, "PUT", where, map[string]any{"state": "missing"})
+	sc.call(staff, 422, false, "PUT", where, map[string]any{"state": "overdue"})
+	sc.call(staff, 422, true, "PUT", where, map[string]any{"state": "in_bin", "box_id": boxID, "bin": 9})
+	sc.call(staff, 422, true, "PUT", where, map[string]any{"state": "out", "access_id": uuid.NewString()})
+	sc.call(staff, 404, true, "PUT", where, map[string]any{"state": "in_bin", "box_id": uuid.NewString(), "bin": 1})
+	sc.call(staff, 404, true, "PUT", "/api/v1/keys/"+uuid.NewString()+"/whereabouts", map[string]any{"state": "missing"})
+	sc.call(staff, 400, false, "PUT", where, map[string]any{"state": "missing", "home": 1})
+	sc.call(visitor, 403, true, "PUT", where, map[string]any{"state": "missing"})
+	sc.call(anon, 401, true, "PUT", where, map[string]any{"state": "missing"})
+	sc.call(staff, 200, true, "PUT", where, map[string]any{"state": "in_bin", "box_id": boxID, "bin": 2})
 	sheet := sc.call(staff, 200, true, "GET", "/api/v1/keys/export", nil)
 	if !strings.Contains(string(sheet.Body), "Room 1 (suite),04A1B2C3,Lobby,2,Airport") {
 		t.Errorf("sheet: %s", sheet.Body)
@@ -524,7 +544,7 @@ func TestOpenAPIInventory(t *testing.T) {
 	sc.call(owner, 404, true, "DELETE", "/api/v1/locations/"+loc, nil)
 
 	// Every inventory operation of the document was driven above.
-	for _, path := range []string{"/locations", "/locations/{id}", "/boxes", "/boxes/{id}", "/keys", "/keys/export", "/keys/{id}"} {
+	for _, path := range []string{"/locations", "/locations/{id}", "/boxes", "/boxes/{id}", "/keys", "/keys/export", "/keys/{id}", "/keys/{id}/whereabouts"} {
 		if doc.Paths.Find(path) == nil {
 			t.Errorf("%s is not documented", path)
 		}

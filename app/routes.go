@@ -131,6 +131,7 @@ func (a *App) newHTTP() (*fiber.App, error) {
 	v1.Get("/keys/:id", auth, staff, inv.GetKey)
 	v1.Patch("/keys/:id", auth, idem, staff, inv.UpdateKey)
 	v1.Delete("/keys/:id", auth, idem, staff, inv.DeleteKey)
+	v1.Put("/keys/:id/whereabouts", auth, idem, staff, inv.SetWhereabouts)
 
 	// Bookings and alias codes: staff and up (users and API keys), within
 	// the caller's locations; every change accepts an Idempotency-Key.

@@ -44,6 +44,17 @@ func (f Flag) utc() Flag {
 // maxNote bounds a resolution note, as the other free-text reasons.
 const maxNote = 500
 
+const noteRule = "must be at most 500 characters of text"
+
+// cleanNote trims a note left for the audit log and reports whether it is
+// usable: at most 500 characters, line breaks allowed, other control
+// characters not.
+func cleanNote(note string) (string, bool) {
+	note = strings.TrimSpace(note)
+	return note, utf8.RuneCountInString(note) <= maxNote && utf8.ValidString(note) &&
+		!strings.ContainsFunc(note, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' })
+}
+
 // OpenFlags returns the unresolved flags of a box the caller sees, oldest
 // first (the order the box found them in).
 func (s *Service) OpenFlags(ctx context.Context, boxID uuid.UUID) ([]Flag, error) {
@@ -70,7 +81,8 @@ func (s *Service) OpenFlags(ctx context.Context, boxID uuid.UUID) ([]Flag, error
 
 // ResolveFlag marks a box's flag as looked at, with an optional note that
 // goes to the audit log (the records were already corrected when the box
-// reported: resolving acknowledges, it does not move keys). Staff and up,
+// reported: resolving acknowledges, it does not move keys; SetWhereabouts
+// does, and resolves the key's flags itself). Staff and up,
 // within their locations; a flag resolved already is a conflict, so that
 // two people at the desk learn that someone else did it.
 func (s *Service) ResolveFlag(ctx context.Context, boxID, flagID uuid.UUID, note string) (Flag, error) {
@@ -78,10 +90,9 @@ func (s *Service) ResolveFlag(ctx context.Context, boxID, flagID uuid.UUID, note
 	if err != nil {
 		return Flag{}, err
 	}
-	note = strings.TrimSpace(note)
-	if utf8.RuneCountInString(note) > maxNote || !utf8.ValidString(note) ||
-		strings.ContainsFunc(note, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\r' }) {
-		return Flag{}, tenants.Invalid(tenants.FieldError{Field: "note", Message: "must be at most 500 characters of text"})
+	note, ok := cleanNote(note)
+	if !ok {
+		return Flag{}, tenants.Invalid(tenants.FieldError{Field: "note", Message: noteRule})
 	}
 	if _, err := loadBox(ctx, p, boxID, ""); err != nil {
 		return Flag{}, err

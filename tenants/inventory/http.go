@@ -352,6 +352,24 @@ func (h *Handlers) UpdateKey(c *fiber.Ctx) error {
 	return c.JSON(viewKey(k, h.svc.now()))
 }
 
+// SetWhereabouts handles PUT /keys/{id}/whereabouts: staff correct
+// where a key is.
+func (h *Handlers) SetWhereabouts(c *fiber.Ctx) error {
+	id, err := web.ID(c, "id", "key")
+	if err != nil {
+		return err
+	}
+	var in WhereaboutsInput
+	if err := web.Bind(c, &in); err != nil {
+		return err
+	}
+	k, err := h.svc.SetWhereabouts(c.UserContext(), id, in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(viewKey(k, h.svc.now()))
+}
+
 // DeleteKey handles DELETE /keys/{id}.
 func (h *Handlers) DeleteKey(c *fiber.Ctx) error {
 	id, err := web.ID(c, "id", "key")

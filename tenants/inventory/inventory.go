@@ -26,11 +26,16 @@ import (
 	"github.com/keyrelay/keyrelay/tenants"
 )
 
-// AccessChecker counts a key's live accesses: one-time bookings that have
-// not ended and were not revoked, and ongoing access. tenants/bookings
-// implements it; a key with any is not deleted.
+// AccessChecker is what inventory asks of a key's accesses (bookings and
+// ongoing access, tenants/bookings): LiveAccessCount counts those that
+// have not ended and were not revoked (a key with any is not deleted);
+// AccessEnd says when an access on the key ends (nil: ongoing access), so
+// that a key staff record as handed to a visitor becomes overdue like one
+// taken at the box. AccessEnd answers not found when accessID is not an
+// access on keyID that the caller sees.
 type AccessChecker interface {
 	LiveAccessCount(ctx context.Context, keyID uuid.UUID) (int, error)
+	AccessEnd(ctx context.Context, keyID, accessID uuid.UUID) (*time.Time, error)
 }
 
 // Service implements the inventory calls. Every method runs in the tenant

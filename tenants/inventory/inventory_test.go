@@ -29,9 +29,25 @@ var testDB *dbtest.DB
 func TestMain(m *testing.M) { dbtest.Main(m, "inventory", &testDB) }
 
 // accessTable is a real AccessChecker over a table of its own: a row is a
-// live access on a key. It reads in the request's tenant transaction, as
-// tenants/bookings will.
+// live access on a key (with an id and an end when a test needs them). It
+// reads in the request's tenant transaction, as tenants/bookings does.
 type accessTable struct{}
+
+func (accessTable) AccessEnd(ctx context.Context, keyID, accessID uuid.UUID) (*time.Time, error) {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ends []struct{ EndsAt *time.Time }
+	err = tx.Raw("SELECT ends_at FROM test_accesses WHERE tenant_id = current_setting('app.tenant_id')::uuid AND key_id = ? AND id = ?", keyID, accessID).Scan(&ends).Error
+	if err != nil {
+		return nil, err
+	}
+	if len(ends) == 0 {
+		return nil, tenants.NotFound("booking")
+	}
+	return ends[0].EndsAt, nil
+}
 
 func (accessTable) LiveAccessCount(ctx context.Context, keyID uuid.UUID) (int, error) {
 	tx, err := tenants.Tx(ctx)
@@ -53,7 +69,7 @@ var (
 func setup(t *testing.T) {
 	t.Helper()
 	setupOnce.Do(func() {
-		testDB.Exec(t, `CREATE TABLE test_accesses (tenant_id uuid NOT NULL, key_id uuid NOT NULL)`)
+		testDB.Exec(t, `CREATE TABLE test_accesses (tenant_id uuid NOT NULL, key_id uuid NOT NULL, id uuid, ends_at timestamptz)`)
 		testDB.Exec(t, `GRANT SELECT ON test_accesses TO keyrelay_app`)
 		db, err := gorm.Open(postgres.Open(testDB.AppURL), &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
 		if err != nil {

@@ -26,7 +26,8 @@ const (
 	// access that took it has ended.
 	Overdue State = "overdue"
 	// Missing: the box reported the key's bin empty when nobody took it
-	// (tenants/exchange), until the key turns up in a bin again.
+	// (tenants/exchange), or staff said so (SetWhereabouts), until the key
+	// turns up in a bin again.
 	Missing State = "missing"
 )
 
