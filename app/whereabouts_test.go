@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -119,4 +122,53 @@ func TestKeyWhereaboutsCorrected(t *testing.T) {
 			t.Errorf("audit: %s", raw)
 		}
 	})
+}
+
+// The key's edit page corrects where it is with a form of its own; its
+// field errors show on that form, not on the home's fields of the same
+// names.
+func TestKeyWhereaboutsPage(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 1, 2)
+	owner := s.client()
+	owner.http.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	s.signIn(t, owner, f.Email, f.Password)
+	edit := "/keys/" + st.keys[1] + "/edit"
+	page := string(owner.expect(t, 200, "GET", edit, nil).Body)
+	if !strings.Contains(page, `action="/keys/`+st.keys[1]+`/whereabouts"`) || !strings.Contains(page, `id="where-now"`) {
+		t.Fatalf("the edit page has no whereabouts form:\n%s", page)
+	}
+	m := regexp.MustCompile(`name="_csrf" value="([^"]+)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("no CSRF token on the page")
+	}
+	post := func(form url.Values) response {
+		form.Set("_csrf", m[1])
+		return owner.do(t, "POST", "/keys/"+st.keys[1]+"/whereabouts", form.Encode(), "Content-Type", "application/x-www-form-urlencoded")
+	}
+
+	r := post(url.Values{"where_state": {"in_bin"}, "where_box_id": {st.boxID}, "where_bin": {"2"}})
+	if r.Status != 409 || !strings.Contains(string(r.Body), "Car 2") {
+		t.Errorf("an occupied bin: %d\n%s", r.Status, r.Body)
+	}
+	r = post(url.Values{"where_state": {"in_bin"}, "where_box_id": {st.boxID}, "where_bin": {"99"}})
+	if body := string(r.Body); r.Status != 422 || !regexp.MustCompile(`name="where_bin"[^>]*>\s*<span class="field-error">`).MatchString(body) ||
+		regexp.MustCompile(`name="bin"[^>]*>\s*<span class="field-error">`).MatchString(body) {
+		t.Errorf("a bin beyond the box: %d, the error not on the correction form's bin\n%s", r.Status, body)
+	}
+	if w := st.keyState(t, 1); w["state"] != "in_bin" || w["bin"] != float64(1) {
+		t.Fatalf("refused corrections moved the key: %v", w)
+	}
+	r = post(url.Values{"where_state": {"out"}, "where_access_id": {""}, "where_note": {"at the desk for cleaning"}})
+	if r.Status != 303 || !strings.HasPrefix(r.Header.Get("Location"), "/keys?done=") {
+		t.Fatalf("the correction answered %d %v", r.Status, r.Header)
+	}
+	if w := st.keyState(t, 1); w["state"] != "out" || w["access_id"] != nil {
+		t.Errorf("whereabouts %v, want out at the desk", w)
+	}
+	items := f.Owner.expect(t, 200, "GET", "/api/v1/audit?action=key.whereabouts_set", nil).JSON(t)["items"].([]any)
+	if len(items) != 1 || items[0].(map[string]any)["details"].(map[string]any)["note"] != "at the desk for cleaning" {
+		t.Errorf("audit: %v", items)
+	}
 }

@@ -182,6 +182,7 @@ func (d *Dashboard) Mount(r fiber.Router, auth, signin fiber.Handler) {
 	pub.Get("/keys/:id/edit", page, d.keyEdit)
 	pub.Post("/keys/:id/edit", page, d.keyUpdate)
 	pub.Post("/keys/:id/delete", page, d.keyDelete)
+	pub.Post("/keys/:id/whereabouts", page, d.keyWhereabouts)
 	pub.Get("/boxes", page, d.boxList)
 	pub.Post("/boxes", page, d.boxCreate)
 	pub.Get("/boxes/:id", page, d.boxDetail)

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"cmp"
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/keyrelay/keyrelay/firmware/commands"
 	"github.com/keyrelay/keyrelay/tenants"
+	"github.com/keyrelay/keyrelay/tenants/bookings"
 	"github.com/keyrelay/keyrelay/tenants/inventory"
 )
 
@@ -73,13 +75,15 @@ func (d *Dashboard) keyVisitors(c *fiber.Ctx) error {
 	return d.render(c, "key_visitors", "Visitors of "+k.Name, map[string]any{"Key": k, "Visitors": vs})
 }
 
-// keyEditData is a key's edit page: the key, the boxes it may live in.
+// keyEditData is a key's edit page: the key, the boxes it may live in,
+// where it is now and the accesses that may hold it (for a correction).
 func (d *Dashboard) keyEditData(c *fiber.Ctx) (map[string]any, error) {
 	id, err := pathID(c, "key")
 	if err != nil {
 		return nil, err
 	}
-	k, err := d.Inventory.GetKey(c.UserContext(), id)
+	ctx := c.UserContext()
+	k, err := d.Inventory.GetKey(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -87,8 +91,30 @@ func (d *Dashboard) keyEditData(c *fiber.Ctx) (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	accesses, err := d.Bookings.Visitors(ctx, id, uuid.Nil, 200)
+	if err != nil {
+		return nil, err
+	}
 	in := map[string]string{"name": k.Name, "fob_serial": k.FobSerial, "box_id": k.HomeBoxID.String(), "bin": strconv.Itoa(k.HomeBin)}
-	return map[string]any{"Key": k, "Boxes": boxes, "In": in}, nil
+	where := k.WhereaboutsAt(d.now())
+	// The correction form starts from where the records have the key (a
+	// key not in a bin: its home bin).
+	w := map[string]string{"state": string(k.State), "box_id": k.HomeBoxID.String(), "bin": strconv.Itoa(k.HomeBin)}
+	nowAt := ""
+	if k.BoxID != nil && k.Bin != nil {
+		w["box_id"], w["bin"] = k.BoxID.String(), strconv.Itoa(*k.Bin)
+		nowAt = boxes[*k.BoxID].Name
+	}
+	// An access that has ended still holds a key it took; it stays a choice.
+	heldBy := ""
+	if k.OutAccessID != nil {
+		heldBy = k.OutAccessID.String()
+		w["access_id"] = heldBy
+		if slices.ContainsFunc(accesses, func(v bookings.View) bool { return v.ID == *k.OutAccessID }) {
+			heldBy = ""
+		}
+	}
+	return map[string]any{"Key": k, "Boxes": boxes, "In": in, "Where": where, "NowAt": nowAt, "Accesses": accesses, "HeldBy": heldBy, "W": w}, nil
 }
 
 func (d *Dashboard) keyEdit(c *fiber.Ctx) error {
@@ -115,6 +141,51 @@ func (d *Dashboard) keyUpdate(c *fiber.Ctx) error {
 		return d.fail(c, err, "key_edit", "Edit key", data)
 	}
 	return done(c, "/keys", "Key "+strings.TrimSpace(in["name"])+" saved")
+}
+
+// keyWhereabouts corrects where a key is (audited by the service, which
+// also resolves the key's open flags).
+func (d *Dashboard) keyWhereabouts(c *fiber.Ctx) error {
+	data, err := d.keyEditData(c)
+	if err != nil {
+		return d.fail(c, err, "", "", nil)
+	}
+	k := data["Key"].(inventory.Key)
+	w := map[string]string{}
+	for _, name := range []string{"state", "box_id", "bin", "access_id", "note"} {
+		w[name] = c.FormValue("where_" + name)
+	}
+	data["W"] = w
+	in := inventory.WhereaboutsInput{State: inventory.State(w["state"]), Note: w["note"]}
+	switch in.State {
+	case inventory.InBin:
+		bin, aerr := strconv.Atoi(strings.TrimSpace(w["bin"]))
+		if aerr != nil {
+			return d.fail(c, tenants.Invalid(tenants.FieldError{Field: "where_bin", Message: "must be a bin number"}), "key_edit", "Edit key", data)
+		}
+		in.BoxID, in.Bin = ptr(w["box_id"]), &bin
+	case inventory.Out:
+		in.AccessID = optional(w["access_id"])
+	}
+	if _, err := d.Inventory.SetWhereabouts(c.UserContext(), k.ID, in); err != nil {
+		return d.fail(c, whereFields(err), "key_edit", "Edit key", data)
+	}
+	return done(c, "/keys", k.Name+": where it is now saved")
+}
+
+// whereFields names a correction's field errors apart from the key's home
+// fields, which share the page (and the names box_id and bin).
+func whereFields(err error) error {
+	var de *tenants.Error
+	if !errors.As(err, &de) || len(de.Fields) == 0 {
+		return err
+	}
+	renamed := *de
+	renamed.Fields = make([]tenants.FieldError, len(de.Fields))
+	for i, f := range de.Fields {
+		renamed.Fields[i] = tenants.FieldError{Field: "where_" + f.Field, Message: f.Message}
+	}
+	return &renamed
 }
 
 // keyDelete archives a key once the confirmation is ticked; a key with
