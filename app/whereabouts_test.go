@@ -172,3 +172,38 @@ func TestKeyWhereaboutsPage(t *testing.T) {
 		t.Errorf("audit: %v", items)
 	}
 }
+
+// A key staff record as back calls its access's return reminder off, as a
+// box's report does; handed to the access again, it queues a new one.
+func TestKeyWhereaboutsReturnReminder(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	st := s.newSite(t, f, 2)
+	phone := bkPhone()
+	id, code := st.book(t, 2, -time.Minute, 48*time.Hour, map[string]any{"return_reminder": true,
+		"visitor": map[string]any{"name": "Rita Returner", "phone": phone}})
+	reminders := func() string {
+		var out []string
+		rows := s.outboxOf(t, f.ID)
+		for i := len(rows) - 1; i >= 0; i-- {
+			if rows[i].Kind == "return_reminder" && rows[i].Recipient == phone {
+				out = append(out, string(rows[i].Status))
+			}
+		}
+		return strings.Join(out, ",")
+	}
+	r := st.call(t, "/box/v1/pickups", map[string]any{"code": code})
+	wantOpen(t, r, 2)
+	st.events(t, exchange.Event{Type: "key_taken", Bin: 2, AccessID: r.AccessID})
+	if got := reminders(); got != "queued" {
+		t.Fatalf("after the pickup: %s, want queued", got)
+	}
+	f.Owner.expect(t, 200, "PUT", "/api/v1/keys/"+st.keys[2]+"/whereabouts", map[string]any{"state": "in_bin", "box_id": st.boxID, "bin": 2, "note": "returned at the desk"})
+	if got := reminders(); got != "canceled" {
+		t.Fatalf("after the key was recorded back: %s, want canceled", got)
+	}
+	f.Owner.expect(t, 200, "PUT", "/api/v1/keys/"+st.keys[2]+"/whereabouts", map[string]any{"state": "out", "access_id": id})
+	if got := reminders(); got != "canceled,queued" {
+		t.Fatalf("after the key was handed over again: %s, want canceled,queued", got)
+	}
+}

@@ -26,16 +26,20 @@ import (
 	"github.com/keyrelay/keyrelay/tenants"
 )
 
-// AccessChecker is what inventory asks of a key's accesses (bookings and
-// ongoing access, tenants/bookings): LiveAccessCount counts those that
-// have not ended and were not revoked (a key with any is not deleted);
-// AccessEnd says when an access on the key ends (nil: ongoing access), so
-// that a key staff record as handed to a visitor becomes overdue like one
-// taken at the box. AccessEnd answers not found when accessID is not an
-// access on keyID that the caller sees.
+// AccessChecker is what inventory asks of, and tells, a key's accesses
+// (bookings and ongoing access, tenants/bookings): LiveAccessCount counts
+// those that have not ended and were not revoked (a key with any is not
+// deleted); AccessEnd says when an access on the key ends (nil: ongoing
+// access), so that a key staff record as handed to a visitor becomes
+// overdue like one taken at the box, and answers not found when accessID
+// is not an access on keyID that the caller sees. KeysReturned and
+// KeysTaken let an access's return reminder follow a key that staff
+// record as back or handed over, as it follows the box's reports.
 type AccessChecker interface {
 	LiveAccessCount(ctx context.Context, keyID uuid.UUID) (int, error)
 	AccessEnd(ctx context.Context, keyID, accessID uuid.UUID) (*time.Time, error)
+	KeysReturned(ctx context.Context, accessIDs []uuid.UUID) error
+	KeysTaken(ctx context.Context, accessIDs []uuid.UUID) error
 }
 
 // Service implements the inventory calls. Every method runs in the tenant

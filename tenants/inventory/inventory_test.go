@@ -33,6 +33,28 @@ func TestMain(m *testing.M) { dbtest.Main(m, "inventory", &testDB) }
 // reads in the request's tenant transaction, as tenants/bookings does.
 type accessTable struct{}
 
+// KeysReturned and KeysTaken write what they were told to test_reminders.
+func (accessTable) KeysReturned(ctx context.Context, ids []uuid.UUID) error {
+	return remembered(ctx, "returned", ids)
+}
+
+func (accessTable) KeysTaken(ctx context.Context, ids []uuid.UUID) error {
+	return remembered(ctx, "taken", ids)
+}
+
+func remembered(ctx context.Context, what string, ids []uuid.UUID) error {
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := tx.Exec("INSERT INTO test_reminders (tenant_id, access_id, what) VALUES (current_setting('app.tenant_id')::uuid, ?, ?)", id, what).Error; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (accessTable) AccessEnd(ctx context.Context, keyID, accessID uuid.UUID) (*time.Time, error) {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
@@ -71,6 +93,8 @@ func setup(t *testing.T) {
 	setupOnce.Do(func() {
 		testDB.Exec(t, `CREATE TABLE test_accesses (tenant_id uuid NOT NULL, key_id uuid NOT NULL, id uuid, ends_at timestamptz)`)
 		testDB.Exec(t, `GRANT SELECT ON test_accesses TO keyrelay_app`)
+		testDB.Exec(t, `CREATE TABLE test_reminders (tenant_id uuid NOT NULL, access_id uuid NOT NULL, what text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`)
+		testDB.Exec(t, `GRANT INSERT ON test_reminders TO keyrelay_app`)
 		db, err := gorm.Open(postgres.Open(testDB.AppURL), &gorm.Config{Logger: logger.Discard, SkipDefaultTransaction: true})
 		if err != nil {
 			t.Fatal(err)

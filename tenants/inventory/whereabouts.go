@@ -123,6 +123,9 @@ func (s *Service) SetWhereabouts(ctx context.Context, id uuid.UUID, in Whereabou
 	if err != nil {
 		return Key{}, keyWriteError("set whereabouts", err, box, deref(k.Bin), k.FobSerial)
 	}
+	if err := s.followReminders(ctx, was, k); err != nil {
+		return Key{}, err
+	}
 	resolved, err := s.settleFlags(ctx, p, k, note, now)
 	if err != nil {
 		return Key{}, err
@@ -135,6 +138,34 @@ func (s *Service) SetWhereabouts(ctx context.Context, id uuid.UUID, in Whereabou
 		details["resolved_flags"] = strings.Join(resolved, ",")
 	}
 	return k, audit.Record(ctx, p.Actor(), "key.whereabouts_set", "key:"+k.ID.String(), details)
+}
+
+// followReminders tells bookings that the access that held the key no
+// longer does (its waiting return reminder is called off) and that the
+// access now holding it does (its reminder is queued again). A key
+// declared missing calls nothing off: nobody knows it is back.
+func (s *Service) followReminders(ctx context.Context, was, is Key) error {
+	held := func(k Key) uuid.UUID {
+		if k.State == Out && k.OutAccessID != nil {
+			return *k.OutAccessID
+		}
+		return uuid.Nil
+	}
+	before, after := held(was), held(is)
+	if before == after {
+		return nil
+	}
+	if before != uuid.Nil && is.State != Missing {
+		if err := s.access.KeysReturned(ctx, []uuid.UUID{before}); err != nil {
+			return wrap("call off return reminder", err)
+		}
+	}
+	if after != uuid.Nil {
+		if err := s.access.KeysTaken(ctx, []uuid.UUID{after}); err != nil {
+			return wrap("queue return reminder", err)
+		}
+	}
+	return nil
 }
 
 // settleFlags resolves the open flags about k that its new whereabouts

@@ -168,6 +168,31 @@ func TestSetWhereabouts(t *testing.T) {
 		_, err := setWhereabouts(t, visitor, room.ID, inventory.WhereaboutsInput{State: inventory.Missing})
 		wantErr(t, err, tenants.EForbidden)
 	})
+	t.Run("ReturnRemindersFollowTheKey", func(t *testing.T) {
+		access := uuid.New()
+		testDB.Exec(t, "INSERT INTO test_accesses (tenant_id, key_id, id) VALUES ($1, $2, $3)", tn.ID, suite.ID, access)
+		defer testDB.Exec(t, "DELETE FROM test_accesses WHERE id = $1", access)
+		told := func(what string) int64 {
+			return testDB.Exec(t, "SELECT 1 FROM test_reminders WHERE tenant_id = $1 AND access_id = $2 AND what = $3", tn.ID, access, what)
+		}
+		for _, in := range []inventory.WhereaboutsInput{
+			{State: inventory.Out, AccessID: ptr(access.String())}, // handed over: taken
+			{State: inventory.Out, AccessID: ptr(access.String())}, // the same again: nothing
+			inBin(lobby, 2), // back: returned
+			{State: inventory.Out, AccessID: ptr(access.String())}, // taken
+			{State: inventory.Missing},                             // lost: nobody knows it is back
+		} {
+			if _, err := setWhereabouts(t, desk, suite.ID, in); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if taken, returned := told("taken"), told("returned"); taken != 2 || returned != 1 {
+			t.Errorf("bookings were told taken %d, returned %d times; want 2 and 1", taken, returned)
+		}
+		if _, err := setWhereabouts(t, desk, suite.ID, inBin(lobby, 2)); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("ResolvesTheKeysFlags", func(t *testing.T) {
 		flag := func(b inventory.Box, bin int, kind string, key *uuid.UUID) uuid.UUID {
 			id := uuid.New()
