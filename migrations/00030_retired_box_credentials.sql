@@ -1,4 +1,8 @@
 -- +goose Up
+-- Triggers on boxes and box_credentials and the FORCE toggle below lock
+-- those tables for an instant: fail rather than queue behind a long
+-- transaction (deploy/README.md, zero-downtime rules).
+SET LOCAL lock_timeout = '5s';
 -- An archived box is gone from the tenant's lists, but its credential
 -- still signed requests: it could record bin events and move keys into a
 -- box nobody sees. Archiving ends the credential and any unused
@@ -47,6 +51,7 @@ WHERE b.tenant_id = c.tenant_id AND b.id = c.box_id AND b.deleted_at IS NOT NULL
 ALTER TABLE box_credentials FORCE ROW LEVEL SECURITY;
 
 -- +goose Down
+SET LOCAL lock_timeout = '5s';
 DROP TRIGGER commands_credential_revoked ON box_credentials;
 DROP FUNCTION commands_credential_revoked();
 DROP TRIGGER devices_box_archived ON boxes;
