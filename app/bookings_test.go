@@ -568,6 +568,67 @@ func TestBookingsReminderFollowsChanges(t *testing.T) {
 	})
 }
 
+// TestBookingsReminderFollowsBox: a box's time zone set right after
+// bookings were made (created in Paris, the box is in New York) re-times
+// their waiting return reminders in the new zone and names the box as it is
+// now; a reminder sent already is not sent again.
+func TestBookingsReminderFollowsBox(t *testing.T) {
+	s := startServer(t)
+	w := bkSetup(t, s, "Europe/Paris")
+	ny, _ := time.LoadLocation("America/New_York")
+	key, sentKey := w.key(t, "Golf"), w.key(t, "Polo")
+	phone, sentPhone := bkPhone(), bkPhone()
+	in3 := time.Now().In(ny).AddDate(0, 0, 3)
+	end := time.Date(in3.Year(), in3.Month(), in3.Day(), 15, 0, 0, 0, ny) // 21:00 in Paris: the same day in both zones
+	w.Owner.expect(t, 201, "POST", "/api/v1/bookings", bkBody(key, phone, time.Now().Add(time.Hour), end))
+	w.Owner.expect(t, 201, "POST", "/api/v1/bookings", bkBody(sentKey, sentPhone, time.Now().Add(time.Hour), end))
+	first := w.oneMessage(t, "return_reminder", phone)
+	if want := time.Date(end.In(w.tz).Year(), end.In(w.tz).Month(), end.In(w.tz).Day(), 9, 0, 0, 0, w.tz); !first.NotBefore.Equal(want) {
+		t.Fatalf("reminder at %v, want 09:00 Paris %v", first.NotBefore, want)
+	}
+	sent := w.oneMessage(t, "return_reminder", sentPhone)
+	ownerExec(t, "UPDATE outbox SET status = 'sent' WHERE id = $1", sent.ID)
+
+	w.Owner.expect(t, 200, "PATCH", "/api/v1/boxes/"+w.box.String(), map[string]any{"timezone": "America/New_York", "name": "Front desk NY"})
+	var queued []outbox.Row
+	ms := w.messagesTo(t, "return_reminder", phone)
+	for _, m := range ms {
+		switch {
+		case m.Status == outbox.Queued:
+			queued = append(queued, m)
+		case m.ID == first.ID && m.Status == outbox.Canceled:
+		default:
+			t.Fatalf("reminder %+v after the zone was set right", m)
+		}
+	}
+	if len(ms) != 2 || len(queued) != 1 {
+		t.Fatalf("reminders after the zone was set right: %+v, want the old one called off and one queued", ms)
+	}
+	if want := time.Date(end.Year(), end.Month(), end.Day(), 9, 0, 0, 0, ny); !queued[0].NotBefore.Equal(want) || queued[0].Data["box"] != "Front desk NY" {
+		t.Fatalf("the new reminder is at %v naming %q, want 09:00 New York %v naming the box as it is now", queued[0].NotBefore, queued[0].Data["box"], want)
+	}
+	if got := w.messagesTo(t, "return_reminder", sentPhone); len(got) != 1 || got[0].Status != outbox.Sent {
+		t.Fatalf("a reminder sent already: %+v, want it alone", got)
+	}
+
+	// The key found in a bin of another box (in Tokyo), and the records
+	// set right: its booking is picked up there now, and its reminder
+	// names that box, timed in its zone.
+	tokyo, _ := time.LoadLocation("Asia/Tokyo")
+	other := uuid.New()
+	w.addBox(t, other, w.location, "Asia/Tokyo")
+	w.Owner.expect(t, 200, "PUT", "/api/v1/keys/"+key.String()+"/whereabouts", map[string]any{"state": "in_bin", "box_id": other.String(), "bin": 5})
+	queued = nil
+	for _, m := range w.messagesTo(t, "return_reminder", phone) {
+		if m.Status == outbox.Queued {
+			queued = append(queued, m)
+		}
+	}
+	if len(queued) != 1 || queued[0].Data["box"] != "Box "+other.String()[:6] || queued[0].Data["ends_at"] != end.In(tokyo).Format("15:04")+" (Asia/Tokyo)" || !queued[0].NotBefore.Before(end) {
+		t.Fatalf("after the key moved to the Tokyo box the waiting reminders are %+v", queued)
+	}
+}
+
 // TestBookingsCodesAtRest: the rows hold no code and no URL token in clear.
 func TestBookingsCodesAtRest(t *testing.T) {
 	s := startServer(t)

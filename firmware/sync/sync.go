@@ -41,6 +41,9 @@ type Alerts interface {
 type Reminders interface {
 	KeysTaken(ctx context.Context, bookingIDs []uuid.UUID) error
 	KeysReturned(ctx context.Context, bookingIDs []uuid.UUID) error
+	// KeysMoved: keys now picked up at another box, which their waiting
+	// reminders name.
+	KeysMoved(ctx context.Context, keyIDs []uuid.UUID) error
 }
 
 // Emit writes tenant webhook events in the caller's transaction, all of a
@@ -367,10 +370,20 @@ type keyRow struct {
 	State       string
 	BoxID       *uuid.UUID
 	Bin         *int
+	HomeBoxID   uuid.UUID
 	OutAccessID *uuid.UUID
 	OutUntil    *time.Time
 	OutBy       *string
 	changed     bool
+}
+
+// pickupBox is the box k's code opens it at: the one whose bin holds it,
+// else its home, where it is expected back (as tenants/bookings names it).
+func (k *keyRow) pickupBox() uuid.UUID {
+	if k.State == "in_bin" && k.BoxID != nil {
+		return *k.BoxID
+	}
+	return k.HomeBoxID
 }
 
 // apply runs the new entries against the key records in memory, in
@@ -409,14 +422,16 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 		}
 	}
 	var keys []*keyRow
-	q := tx.Raw(`SELECT id, name, fob_serial, state, box_id, bin, out_access_id, out_until, out_by FROM keys
+	q := tx.Raw(`SELECT id, name, fob_serial, state, box_id, bin, home_box_id, out_access_id, out_until, out_by FROM keys
 		WHERE deleted_at IS NULL AND (fob_serial IN ? OR (box_id = ? AND state = 'in_bin' AND bin IN ?))`, orNone(fobs), p.BoxID, orNoBins(bins))
 	if err := q.Scan(&keys).Error; err != nil {
 		return nil, fmt.Errorf("boxsync: load keys: %w", err)
 	}
 	byFob := map[string]*keyRow{}
+	pickedUpAt := map[uuid.UUID]uuid.UUID{}
 	for _, k := range keys {
 		byFob[k.FobSerial] = k
+		pickedUpAt[k.ID] = k.pickupBox()
 	}
 	derived, err := s.offline.LookupDerived(ctx, p.BoxID, tags)
 	if err != nil {
@@ -579,6 +594,16 @@ func (s *Service) apply(ctx context.Context, p tenants.Principal, boxName string
 		return nil, err
 	}
 	if err := s.reminders.KeysTaken(ctx, took); err != nil {
+		return nil, err
+	}
+	// Keys now picked up at another box: their waiting reminders name it.
+	var moved []uuid.UUID
+	for _, k := range keys {
+		if k.pickupBox() != pickedUpAt[k.ID] {
+			moved = append(moved, k.ID)
+		}
+	}
+	if err := s.reminders.KeysMoved(ctx, moved); err != nil {
 		return nil, err
 	}
 	if err := insertAudit(ctx, tx, entries); err != nil {

@@ -88,7 +88,7 @@ func (s *Service) KeysReturned(ctx context.Context, bookingIDs []uuid.UUID) erro
 	if len(bookingIDs) == 0 {
 		return nil
 	}
-	all, err := s.returnReminders(ctx, bookingIDs)
+	all, err := s.reminderStates(ctx, bookingIDs, kindReturn)
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func (s *Service) KeysTaken(ctx context.Context, bookingIDs []uuid.UUID) error {
 	if len(bookingIDs) == 0 {
 		return nil
 	}
-	all, err := s.returnReminders(ctx, bookingIDs)
+	all, err := s.reminderStates(ctx, bookingIDs, kindReturn)
 	if err != nil {
 		return err
 	}
@@ -150,15 +150,75 @@ type reminderState struct {
 	status outbox.Status
 }
 
-// returnReminders lists the return reminders of each of bookingIDs, oldest
+// KeysMoved brings the waiting reminders of the live accesses of keys
+// keyIDs up to date with the box they name: the box a key is picked up at
+// changed (the key turned up in another box, or its home moved while it is
+// out), or staff renamed that box or set its time zone right. A reminder
+// names the box and was timed in its zone, so a waiting one is called off
+// and queued again from the booking as it stands. Reminders sent already
+// stay sent, and none is added where none was waiting. Called in the
+// transaction that made the change, once it is written.
+func (s *Service) KeysMoved(ctx context.Context, keyIDs []uuid.UUID) error {
+	if len(keyIDs) == 0 {
+		return nil
+	}
+	tx, err := tenants.Tx(ctx)
+	if err != nil {
+		return err
+	}
+	var rs []row
+	if err := tx.Raw(selectRows+" WHERE bk.key_id IN ? AND bk.revoked_at IS NULL AND (bk.ends_at IS NULL OR bk.ends_at > ?) ORDER BY bk.id FOR UPDATE OF bk",
+		keyIDs, s.now()).Scan(&rs).Error; err != nil {
+		return wrap("load bookings", err)
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	ids := make([]uuid.UUID, len(rs))
+	for i, r := range rs {
+		ids[i] = r.ID
+	}
+	for _, kind := range []string{kindReturn, kindHeld} {
+		all, err := s.reminderStates(ctx, ids, kind)
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			waiting := false
+			for _, st := range all[r.ID] {
+				if st.status != outbox.Queued {
+					continue
+				}
+				waiting = true
+				if err := s.msgs.Cancel(ctx, st.id); err != nil {
+					return wrap("cancel reminder", err)
+				}
+			}
+			if !waiting {
+				continue
+			}
+			if kind == kindReturn {
+				err = s.scheduleReturnReminder(ctx, r.Booking, r.key(), true)
+			} else {
+				err = s.scheduleHeldReminders(ctx, r.Booking, r.key(), true)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// reminderStates lists the reminders of kind of each of bookingIDs, oldest
 // first, with their status.
-func (s *Service) returnReminders(ctx context.Context, bookingIDs []uuid.UUID) (map[uuid.UUID][]reminderState, error) {
+func (s *Service) reminderStates(ctx context.Context, bookingIDs []uuid.UUID, kind string) (map[uuid.UUID][]reminderState, error) {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var rs []reminderRow
-	if err := tx.Where("booking_id IN ? AND kind = ?", bookingIDs, kindReturn).Order("created_at, outbox_id").Find(&rs).Error; err != nil {
+	if err := tx.Where("booking_id IN ? AND kind = ?", bookingIDs, kind).Order("created_at, outbox_id").Find(&rs).Error; err != nil {
 		return nil, wrap("load reminders", err)
 	}
 	if len(rs) == 0 {

@@ -265,6 +265,22 @@ func (s *Service) binClosed(ctx context.Context, p tenants.Principal, e Event) (
 			return nil, err
 		}
 	}
+	// The reminders of the key's waiting accesses name the box it is
+	// picked up at, and so do those of a key found gone from here.
+	var moved []uuid.UUID
+	was := k.HomeBoxID // out or missing: picked up at home, once back
+	if k.State == "in_bin" && k.BoxID != nil {
+		was = *k.BoxID
+	}
+	if was != p.BoxID {
+		moved = append(moved, k.ID)
+	}
+	if hasRecorded && recorded.HomeBoxID != p.BoxID {
+		moved = append(moved, recorded.ID)
+	}
+	if err := s.reminders.KeysMoved(ctx, moved); err != nil {
+		return nil, err
+	}
 	if err := forgetAssignment(ctx, k.ID); err != nil {
 		return nil, err
 	}

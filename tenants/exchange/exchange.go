@@ -76,10 +76,12 @@ type Secrets interface {
 
 // Reminders follows an access's key out and back in for its return
 // reminder (tenants/bookings): called off when the key comes back, queued
-// again when the access takes it again.
+// again when the access takes it again; and keys that are now picked up
+// at another box, which waiting reminders name.
 type Reminders interface {
 	KeysTaken(ctx context.Context, bookingIDs []uuid.UUID) error
 	KeysReturned(ctx context.Context, bookingIDs []uuid.UUID) error
+	KeysMoved(ctx context.Context, keyIDs []uuid.UUID) error
 }
 
 // Observer counts pickup outcomes (the platform's metrics). Only what the

@@ -373,6 +373,19 @@ func (s *Service) UpdateBox(ctx context.Context, id uuid.UUID, in BoxPatch) (Box
 	if err != nil {
 		return Box{}, wrap("update box", err)
 	}
+	if b.Name != was.Name || b.Address != was.Address || b.Timezone != was.Timezone {
+		// The reminders waiting for the keys picked up here name the box
+		// and were timed in its zone (a zone set right after bookings
+		// were made).
+		var keys []uuid.UUID
+		if err := tx.Model(&Key{}).Where("deleted_at IS NULL AND ((state = 'in_bin' AND box_id = ?) OR (state <> 'in_bin' AND home_box_id = ?))", b.ID, b.ID).
+			Pluck("id", &keys).Error; err != nil {
+			return Box{}, wrap("keys of the box", err)
+		}
+		if err := s.access.KeysMoved(ctx, keys); err != nil {
+			return Box{}, wrap("follow reminders", err)
+		}
+	}
 	return b, audit.Record(ctx, p.Actor(), "box.updated", "box:"+b.ID.String(), boxChanges(was, b))
 }
 

@@ -40,6 +40,10 @@ type AccessChecker interface {
 	AccessEnd(ctx context.Context, keyID, accessID uuid.UUID) (*time.Time, error)
 	KeysReturned(ctx context.Context, accessIDs []uuid.UUID) error
 	KeysTaken(ctx context.Context, accessIDs []uuid.UUID) error
+	// KeysMoved: the box these keys are picked up at, or its name,
+	// address or time zone, changed; waiting reminders name it and were
+	// timed in its zone.
+	KeysMoved(ctx context.Context, keyIDs []uuid.UUID) error
 }
 
 // Service implements the inventory calls. Every method runs in the tenant

@@ -42,6 +42,11 @@ func (accessTable) KeysTaken(ctx context.Context, ids []uuid.UUID) error {
 	return remembered(ctx, "taken", ids)
 }
 
+// KeysMoved records key ids the same way (access_id holds the key's).
+func (accessTable) KeysMoved(ctx context.Context, ids []uuid.UUID) error {
+	return remembered(ctx, "moved", ids)
+}
+
 func remembered(ctx context.Context, what string, ids []uuid.UUID) error {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {

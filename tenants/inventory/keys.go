@@ -412,6 +412,11 @@ func (s *Service) UpdateKey(ctx context.Context, id uuid.UUID, in KeyPatch) (Key
 	if err != nil {
 		return Key{}, keyWriteError("update key", err, home, k.HomeBin, k.FobSerial)
 	}
+	if k.PickupBoxID() != was.PickupBoxID() || k.Name != was.Name {
+		if err := s.access.KeysMoved(ctx, []uuid.UUID{k.ID}); err != nil {
+			return Key{}, wrap("follow reminders", err)
+		}
+	}
 	return k, audit.Record(ctx, p.Actor(), "key.updated", "key:"+k.ID.String(), keyChanges(was, k, home))
 }
 

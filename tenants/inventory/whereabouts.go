@@ -126,6 +126,11 @@ func (s *Service) SetWhereabouts(ctx context.Context, id uuid.UUID, in Whereabou
 	if err := s.followReminders(ctx, was, k); err != nil {
 		return Key{}, err
 	}
+	if k.PickupBoxID() != was.PickupBoxID() {
+		if err := s.access.KeysMoved(ctx, []uuid.UUID{k.ID}); err != nil {
+			return Key{}, wrap("follow reminders", err)
+		}
+	}
 	resolved, err := s.settleFlags(ctx, p, k, note, now)
 	if err != nil {
 		return Key{}, err
