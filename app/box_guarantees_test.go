@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/keyrelay/keyrelay/tenants/exchange"
 )
@@ -159,4 +162,120 @@ func TestDropoffRefusals(t *testing.T) {
 		full.takeOut(t, 7)
 		wantOpen(t, full.call(t, "/box/v1/dropoffs", map[string]any{"code": code}), 7)
 	})
+}
+
+// tenantTrace is what a tenant's records hold that another tenant's box
+// must not change.
+type tenantTrace struct {
+	Keys                             map[int]map[string]any
+	Audit, Outbox, Flags, Challenges int64
+	UsedChallenges                   int64
+}
+
+func traceOf(t *testing.T, st *site) tenantTrace {
+	t.Helper()
+	tr := tenantTrace{Keys: map[int]map[string]any{}}
+	for n := range st.keys {
+		tr.Keys[n] = st.keyState(t, n)
+	}
+	id := st.f.ID
+	tr.Audit = ownerCount(t, `SELECT count(*) FROM audit_events WHERE tenant_id = $1`, id)
+	tr.Outbox = ownerCount(t, `SELECT count(*) FROM outbox WHERE tenant_id = $1`, id)
+	tr.Flags = ownerCount(t, `SELECT count(*) FROM inventory_flags WHERE tenant_id = $1`, id)
+	tr.Challenges = ownerCount(t, `SELECT count(*) FROM pickup_challenges WHERE tenant_id = $1`, id)
+	tr.UsedChallenges = ownerCount(t, `SELECT count(*) FROM pickup_challenges WHERE tenant_id = $1 AND used_at IS NOT NULL`, id)
+	return tr
+}
+
+// TestBoxCrossTenant: a box of tenant B, handed tenant A's codes, fob
+// serials, access ids, challenge ids and phone numbers, acts on nothing of
+// A's: B's box sees them as unknown, and A's keys, audit trail, messages,
+// flags and challenges stay as they were.
+func TestBoxCrossTenant(t *testing.T) {
+	s := startServer(t)
+	ctx := context.Background()
+	fa, fb := s.signup(t), s.signup(t)
+	a := s.newSite(t, fa, 1, 2)
+	b := s.newSite(t, fb, 1, 3)
+
+	// A: key 1 out with a booking (its code and fob would bring it back),
+	// key 2 in its bin with a booking for the same visitor, a pickup by
+	// phone waiting for its SMS code, and a member of staff with a phone.
+	const visitor = "+14155550199"
+	outBooking, outCode := a.takeOut(t, 1)
+	a.book(t, 2, -time.Minute, time.Hour)
+	ch := a.call(t, "/box/v1/pickups", map[string]any{"phone": visitor})
+	if ch.Result != "challenge" || ch.ChallengeID == nil {
+		t.Fatalf("A's pickup by phone: %+v, want a challenge", ch)
+	}
+	smsCode := s.exchangeCode(t, fa.ID, visitor)
+	staffPhone := fmt.Sprintf("+1415555%04d", time.Now().Nanosecond()%10000)
+	fa.Owner.expect(t, 201, "POST", "/api/v1/users", map[string]any{"name": "Sam Staff", "email": "sam-" + uuid.NewString()[:8] + "@example.com", "phone": staffPhone, "role": "staff"})
+	before := traceOf(t, a)
+	bBefore := traceOf(t, b)
+
+	t.Run("ErrDropoffWithOthersCode", func(t *testing.T) {
+		wantDenied(t, b.call(t, "/box/v1/dropoffs", map[string]any{"code": outCode}), exchange.UnknownCode)
+	})
+	t.Run("ErrDropoffWithOthersFob", func(t *testing.T) {
+		wantDenied(t, b.call(t, "/box/v1/dropoffs", map[string]any{"fob_serial": a.fobs[1]}), exchange.UnknownKey)
+		wantDenied(t, b.call(t, "/box/v1/dropoffs", map[string]any{"fob_serial": a.fobs[2]}), exchange.UnknownKey)
+	})
+	t.Run("ErrBinClosedWithOthersFob", func(t *testing.T) {
+		// A's key 1 is out: were its fob known here, this would "return"
+		// it into B's box; A's key 2 would be moved out of A's box.
+		r := b.events(t, exchange.Event{Type: "bin_closed", Bin: 5, FobSerial: fob(a.fobs[1])}, exchange.Event{Type: "bin_closed", Bin: 6, FobSerial: fob(a.fobs[2])})
+		if len(r.Flags) != 2 || r.Flags[0].Kind != "unknown_fob" || r.Flags[1].Kind != "unknown_fob" || r.Flags[0].KeyID != nil || r.Flags[1].KeyID != nil {
+			t.Fatalf("flags %+v, want two unknown_fob flags naming no key", r.Flags)
+		}
+		if n := ownerCount(t, `SELECT count(*) FROM inventory_flags WHERE tenant_id = $1 AND kind = 'unknown_fob'`, fb.ID); n != 2 {
+			t.Errorf("%d unknown_fob flags stored for B, want 2", n)
+		}
+	})
+	t.Run("ErrKeyTakenWithOthersAccess", func(t *testing.T) {
+		access := uuid.MustParse(outBooking)
+		if err := b.box.Call(ctx, 422, "POST", "/box/v1/events", exchange.EventsInput{Events: []exchange.Event{{Type: "key_taken", Bin: 1, AccessID: &access}}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if w := b.keyState(t, 1); w["state"] != "in_bin" || w["bin"] != float64(1) {
+			t.Errorf("B's key 1 after a key_taken naming A's access: %v", w)
+		}
+		if n := ownerCount(t, `SELECT count(*) FROM keys WHERE out_access_id = $1`, access); n != 1 {
+			t.Errorf("%d keys out with A's access, want 1 (A's own)", n)
+		}
+	})
+	t.Run("ErrVerifyOthersChallenge", func(t *testing.T) {
+		if err := b.box.Call(ctx, 404, "POST", "/box/v1/pickups/verify", map[string]any{"challenge_id": ch.ChallengeID, "code": smsCode, "key_id": a.keys[2]}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.box.Call(ctx, 404, "POST", "/box/v1/pickups/verify", map[string]any{"challenge_id": ch.ChallengeID, "code": smsCode, "key_id": b.keys[1]}, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("ErrPickupByOthersPhone", func(t *testing.T) {
+		// A's visitor, and A's staff (who may take every key of a box of
+		// A's): nothing at B's box, and no code sent to anyone.
+		wantDenied(t, b.call(t, "/box/v1/pickups", map[string]any{"phone": visitor}), exchange.NoAccess)
+		wantDenied(t, b.call(t, "/box/v1/pickups", map[string]any{"phone": staffPhone}), exchange.NoAccess)
+		for _, m := range s.outboxOf(t, fb.ID) {
+			if m.Kind == "exchange_code" {
+				t.Errorf("B's outbox holds a pickup code to %s", m.Recipient)
+			}
+		}
+	})
+
+	// Nothing of A's moved; B's box changed only B's own records.
+	if after := traceOf(t, a); !reflect.DeepEqual(after, before) {
+		t.Errorf("A's records changed through B's box:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if after := traceOf(t, b); !reflect.DeepEqual(after.Keys, bBefore.Keys) {
+		t.Errorf("B's keys changed: before %v, after %v", bBefore.Keys, after.Keys)
+	}
+	for _, d := range auditDetails(t, fb, "dropoff.denied") {
+		if d["key"] != nil {
+			t.Errorf("a denial at B's box names a key: %v", d)
+		}
+	}
+	// A's challenge was not used up by B: A's box still completes it.
+	wantOpen(t, a.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": ch.ChallengeID, "code": smsCode, "key_id": a.keys[2]}), 2)
 }
