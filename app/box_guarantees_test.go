@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	boxsync "github.com/keyrelay/keyrelay/firmware/sync"
 	"github.com/keyrelay/keyrelay/tenants/exchange"
 )
 
@@ -278,4 +280,121 @@ func TestBoxCrossTenant(t *testing.T) {
 	}
 	// A's challenge was not used up by B: A's box still completes it.
 	wantOpen(t, a.call(t, "/box/v1/pickups/verify", map[string]any{"challenge_id": ch.ChallengeID, "code": smsCode, "key_id": a.keys[2]}), 2)
+}
+
+// boxRoute is one /box/v1 call as a box would make it.
+type boxRoute struct {
+	route        string // method and Fiber path, as app/routes.go registers it
+	method, path string
+	body         any
+}
+
+// TestRevokedBoxRefusedEverywhere: once its credential is revoked, a box
+// gets 401 on every /box/v1 route (the list is checked against the routes
+// the server registers), and none of its calls leaves a trace. The same
+// calls from a live box of the tenant are not refused, so a 401 here is
+// the revocation's doing.
+func TestRevokedBoxRefusedEverywhere(t *testing.T) {
+	s := startServer(t)
+	f := s.signup(t)
+	ctx := context.Background()
+	st := s.newSite(t, f, 1, 2)
+	live := s.newSite(t, f, 1, 2)
+
+	const visitor = "+14155550199"
+	_, code := st.book(t, 1, -time.Minute, time.Hour)
+	ch := st.call(t, "/box/v1/pickups", map[string]any{"phone": visitor})
+	if ch.Result != "challenge" || ch.ChallengeID == nil {
+		t.Fatalf("pickup by phone: %+v, want a challenge", ch)
+	}
+	smsCode := s.exchangeCode(t, f.ID, visitor)
+	cmd := f.Owner.expect(t, 202, "POST", "/api/v1/boxes/"+st.boxID+"/bins/2/release", nil).JSON(t)["command_id"].(string)
+	journal := boxsync.SignBatch(st.box.ID.PrivateKey, st.box.ID.BoxID, journalOf(t, st, 1))
+	release := uuid.NewString()
+	lvl := 10
+	routes := []boxRoute{
+		{"GET /box/v1/me", "GET", "/box/v1/me", nil},
+		{"GET /box/v1/commands", "GET", "/box/v1/commands?wait=0", nil},
+		{"POST /box/v1/commands/:id/ack", "POST", "/box/v1/commands/" + cmd + "/ack", map[string]any{"result": "done"}},
+		{"POST /box/v1/pickups", "POST", "/box/v1/pickups", map[string]any{"code": code}},
+		{"POST /box/v1/pickups/verify", "POST", "/box/v1/pickups/verify", map[string]any{"challenge_id": ch.ChallengeID, "code": smsCode, "key_id": st.keys[1]}},
+		{"POST /box/v1/dropoffs", "POST", "/box/v1/dropoffs", map[string]any{"fob_serial": st.fobs[2]}},
+		{"POST /box/v1/events", "POST", "/box/v1/events", exchange.EventsInput{Events: []exchange.Event{{Type: "bin_closed", Bin: 1}}}},
+		{"POST /box/v1/heartbeat", "POST", "/box/v1/heartbeat", map[string]any{"firmware_version": "5.2.0", "power_source": "battery", "battery_level": &lvl}},
+		{"GET /box/v1/bundle", "GET", "/box/v1/bundle", nil},
+		{"POST /box/v1/sync", "POST", "/box/v1/sync", journal},
+		{"GET /box/v1/sync", "GET", "/box/v1/sync", nil},
+		{"GET /box/v1/firmware", "GET", "/box/v1/firmware", nil},
+		{"GET /box/v1/firmware/:id/artifact", "GET", "/box/v1/firmware/" + release + "/artifact", nil},
+		{"POST /box/v1/firmware/status", "POST", "/box/v1/firmware/status", map[string]any{"release_id": release, "status": "installed"}},
+	}
+
+	t.Run("OKEveryBoxRouteListed", func(t *testing.T) {
+		listed := map[string]bool{}
+		for _, r := range routes {
+			listed[r.route] = true
+		}
+		registered := map[string]bool{}
+		for _, r := range s.app.http.GetRoutes(true) {
+			if r.Method == "HEAD" || !strings.HasPrefix(r.Path, "/box/v1/") || r.Method+" "+r.Path == "POST /box/v1/provision" {
+				continue
+			}
+			registered[r.Method+" "+r.Path] = true
+			if !listed[r.Method+" "+r.Path] {
+				t.Errorf("route %s %s is not in this test's table: add it", r.Method, r.Path)
+			}
+		}
+		for r := range listed {
+			if !registered[r] {
+				t.Errorf("this test's table lists %s, which the server does not register", r)
+			}
+		}
+	})
+	t.Run("OKLiveBoxNotRefused", func(t *testing.T) {
+		for _, r := range routes {
+			if status, body, err := live.box.Request(ctx, r.method, r.path, r.body); err != nil || status == 401 {
+				t.Errorf("live box, %s: %d %s %v", r.route, status, body, err)
+			}
+		}
+	})
+
+	// The server has this credential cached (devices.Authenticate): the
+	// revocation must win over the cache.
+	if err := st.box.Call(ctx, 200, "GET", "/box/v1/me", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.Owner.expect(t, 204, "DELETE", "/api/v1/boxes/"+st.boxID+"/credential", nil)
+	boxID := uuid.MustParse(st.boxID)
+	audited := func(t *testing.T) int64 {
+		return ownerCount(t, `SELECT count(*) FROM audit_events WHERE tenant_id = $1`, f.ID)
+	}
+	auditBefore, outboxBefore := audited(t), len(s.outboxOf(t, f.ID))
+
+	t.Run("ErrRevoked401", func(t *testing.T) {
+		for _, r := range routes {
+			if status, body, err := st.box.Request(ctx, r.method, r.path, r.body); err != nil || status != 401 {
+				t.Errorf("revoked box, %s: %d %s %v; want 401", r.route, status, body, err)
+			}
+		}
+	})
+	t.Run("OKRevokedLeavesNoTrace", func(t *testing.T) {
+		if n := audited(t) - auditBefore; n != 0 {
+			t.Errorf("%d audit entries from a revoked box's calls", n)
+		}
+		if n := len(s.outboxOf(t, f.ID)) - outboxBefore; n != 0 {
+			t.Errorf("%d messages queued by a revoked box's calls", n)
+		}
+		if w := st.keyState(t, 1); w["state"] != "in_bin" {
+			t.Errorf("key 1 %v: a revoked box's pickup or bin report counted", w)
+		}
+		if n := ownerCount(t, `SELECT count(*) FROM pickup_challenges WHERE id = $1 AND used_at IS NOT NULL`, *ch.ChallengeID); n != 0 {
+			t.Error("a revoked box used up a pickup challenge")
+		}
+		if n := ownerCount(t, `SELECT count(*) FROM box_status WHERE box_id = $1`, boxID); n != 0 {
+			t.Error("a revoked box's heartbeat was recorded")
+		}
+		if n := ownerCount(t, `SELECT count(*) FROM box_journal WHERE box_id = $1`, boxID); n != 0 {
+			t.Errorf("%d journal entries stored from a revoked box", n)
+		}
+	})
 }
