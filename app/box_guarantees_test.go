@@ -4,14 +4,18 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/keyrelay/keyrelay/firmware/health"
 	boxsync "github.com/keyrelay/keyrelay/firmware/sync"
 	"github.com/keyrelay/keyrelay/tenants/exchange"
+	"github.com/keyrelay/keyrelay/tenants/webhooks"
 )
 
 // takeOut books the key in bin n of st, opens its bin with the booking
@@ -395,6 +399,130 @@ func TestRevokedBoxRefusedEverywhere(t *testing.T) {
 		}
 		if n := ownerCount(t, `SELECT count(*) FROM box_journal WHERE box_id = $1`, boxID); n != 0 {
 			t.Errorf("%d journal entries stored from a revoked box", n)
+		}
+	})
+}
+
+// TestBoxHealthWebhooks: the incidents a box's heartbeats (POST
+// /box/v1/heartbeat) and its silence reveal reach the tenant's webhook
+// endpoints as box.power_lost, box.battery_low and box.offline, once per
+// incident: not on every heartbeat, not on every sweep, and again only
+// after the incident has closed (mains back, battery recharged past the
+// recovery mark, a heartbeat).
+func TestBoxHealthWebhooks(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.BoxOfflineAfter, c.BoxOfflineAlertAfter = time.Second, time.Second })
+	f := s.signup(t)
+	rcv := newReceiver(t, nil)
+	hookID, secret := endpoint(t, f.Owner, rcv.srv.URL, webhooks.BoxOffline, webhooks.BoxPowerLost, webhooks.BoxBatteryLow)
+	st := s.newSite(t, f, 1)
+	ctx := context.Background()
+	beat := func(t *testing.T, power string, battery int) {
+		t.Helper()
+		if err := st.box.Call(ctx, 200, "POST", "/box/v1/heartbeat", health.Heartbeat{FirmwareVersion: "5.2.0", PowerSource: power, BatteryLevel: &battery}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(t *testing.T, when string, power, battery, offline int) {
+		t.Helper()
+		got := map[string]int{}
+		for _, d := range deliveriesOf(t, f.Owner, hookID) {
+			got[d["event"].(string)]++
+		}
+		exp := map[string]int{webhooks.BoxPowerLost: power, webhooks.BoxBatteryLow: battery, webhooks.BoxOffline: offline}
+		for k, v := range exp {
+			if v == 0 {
+				delete(exp, k)
+			}
+		}
+		if !reflect.DeepEqual(got, exp) {
+			t.Fatalf("%s: deliveries %v, want %v", when, got, exp)
+		}
+	}
+	// Heartbeats stop for longer than both thresholds; the workers' sweep
+	// runs (twice: a second sweep must not report the incident again).
+	silence := func(t *testing.T) {
+		t.Helper()
+		time.Sleep(2100 * time.Millisecond)
+		for range 2 {
+			if _, err := s.app.health.Sweep(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	beat(t, "mains", 95)
+	beat(t, "mains", 90)
+	want(t, "on mains", 0, 0, 0)
+
+	t.Run("OKPowerLostOncePerIncident", func(t *testing.T) {
+		beat(t, "battery", 80)
+		beat(t, "battery", 70)
+		beat(t, "battery", 60)
+		want(t, "three heartbeats on battery", 1, 0, 0)
+		beat(t, "mains", 60)
+		beat(t, "battery", 59)
+		want(t, "mains back, then lost again", 2, 0, 0)
+	})
+	t.Run("OKBatteryLowOncePerIncident", func(t *testing.T) {
+		beat(t, "battery", 15)
+		beat(t, "battery", 12)
+		// Above the low mark but below the recovery mark: the same
+		// incident, not a new one.
+		beat(t, "battery", 25)
+		beat(t, "battery", 14)
+		want(t, "battery low, wavering", 2, 1, 0)
+		beat(t, "mains", 35)
+		beat(t, "mains", 10)
+		want(t, "recharged past the recovery mark, then low again", 2, 2, 0)
+	})
+	t.Run("OKOfflineOncePerIncident", func(t *testing.T) {
+		silence(t)
+		want(t, "heartbeats stopped", 2, 2, 1)
+		if _, err := s.app.health.Sweep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want(t, "a later sweep", 2, 2, 1)
+		// The same deadline handed out again (a sweep that failed puts
+		// it back; a replica re-adds it): the incident was reported.
+		alertSet, member := s.app.cfg.LimitPrefix+":box-health:alert", f.ID.String()+":"+st.boxID
+		if err := s.app.redis.ZAdd(ctx, alertSet, redis.Z{Score: 0, Member: member}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.app.health.Sweep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.app.redis.ZScore(ctx, alertSet, member).Err(); err != redis.Nil {
+			t.Fatalf("the sweep did not claim the re-added deadline (%v): is %s still the alert set?", err, alertSet)
+		}
+		want(t, "a deadline handed out twice", 2, 2, 1)
+		beat(t, "mains", 90)
+		want(t, "back online", 2, 2, 1)
+		silence(t)
+		want(t, "heartbeats stopped again", 2, 2, 2)
+	})
+	t.Run("OKDelivered", func(t *testing.T) {
+		d := s.dispatcher(t)
+		pump(t, d, func() bool { return len(rcv.requests()) >= 6 })
+		if n := len(rcv.requests()); n != 6 {
+			t.Fatalf("receiver got %d events, want 6", n)
+		}
+		levels := []any{}
+		for _, g := range rcv.requests() {
+			verify(t, secret, g)
+			if g.Event.TenantID != f.ID.String() || g.Event.Data["box_id"] != st.boxID || g.Event.Data["box_name"] == "" || g.Event.Data["box_name"] == nil {
+				t.Errorf("%s: tenant %s, data %v", g.Event.Type, g.Event.TenantID, g.Event.Data)
+			}
+			switch g.Event.Type {
+			case webhooks.BoxBatteryLow:
+				levels = append(levels, g.Event.Data["battery_level"])
+			case webhooks.BoxOffline:
+				if _, err := time.Parse(time.RFC3339, fmt.Sprint(g.Event.Data["offline_since"])); err != nil {
+					t.Errorf("box.offline data %v: offline_since %v", g.Event.Data, err)
+				}
+			}
+		}
+		if len(levels) != 2 || !slices.Contains(levels, any(float64(15))) || !slices.Contains(levels, any(float64(10))) {
+			t.Errorf("box.battery_low levels %v, want 15 and 10 (the heartbeats that opened each incident)", levels)
 		}
 	})
 }
