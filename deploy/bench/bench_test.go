@@ -51,7 +51,8 @@ func TestListSQLFollowsBookings(t *testing.T) {
 	for _, frag := range []string{
 		"FROM bookings bk\n\tJOIN keys k ON k.tenant_id = bk.tenant_id AND k.id = bk.key_id",
 		"JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id",
-		"JOIN boxes pb ON pb.tenant_id = k.tenant_id AND pb.id = CASE WHEN k.state = 'in_bin' THEN k.box_id ELSE k.home_box_id END",
+		"LEFT JOIN boxes cb ON cb.tenant_id = k.tenant_id AND cb.id = k.box_id AND k.state = 'in_bin'",
+		"CASE WHEN cb.id IS NULL THEN bx.id ELSE cb.id END AS box_id, CASE WHEN cb.id IS NULL THEN bx.name ELSE cb.name END AS box_name,\n\t\tCASE WHEN cb.id IS NULL THEN bx.address ELSE cb.address END AS box_address, CASE WHEN cb.id IS NULL THEN bx.timezone ELSE cb.timezone END AS box_timezone",
 		`" ORDER BY bk.id DESC LIMIT @limit"`,
 	} {
 		if !strings.Contains(string(src), frag) {

@@ -228,18 +228,18 @@ func digits(n int) (string, error) {
 // listSQL is the query tenants/bookings.List sends for limit=50 without a
 // filter and with status=active (keep in step with manage.go).
 var listSQL = []struct{ name, sql string }{
-	{"limit=50", `SELECT bk.*, k.name AS key_name, pb.id AS box_id, pb.name AS box_name, pb.address AS box_address,
-		pb.timezone AS box_timezone, bx.location_id
+	{"limit=50", `SELECT bk.*, k.name AS key_name, CASE WHEN cb.id IS NULL THEN bx.id ELSE cb.id END AS box_id, CASE WHEN cb.id IS NULL THEN bx.name ELSE cb.name END AS box_name,
+		CASE WHEN cb.id IS NULL THEN bx.address ELSE cb.address END AS box_address, CASE WHEN cb.id IS NULL THEN bx.timezone ELSE cb.timezone END AS box_timezone, bx.location_id
 	FROM bookings bk
 	JOIN keys k ON k.tenant_id = bk.tenant_id AND k.id = bk.key_id
 	JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id
-	JOIN boxes pb ON pb.tenant_id = k.tenant_id AND pb.id = CASE WHEN k.state = 'in_bin' THEN k.box_id ELSE k.home_box_id END WHERE true ORDER BY bk.id DESC LIMIT 50`},
-	{"limit=50&status=active", `SELECT bk.*, k.name AS key_name, pb.id AS box_id, pb.name AS box_name, pb.address AS box_address,
-		pb.timezone AS box_timezone, bx.location_id
+	LEFT JOIN boxes cb ON cb.tenant_id = k.tenant_id AND cb.id = k.box_id AND k.state = 'in_bin' WHERE true ORDER BY bk.id DESC LIMIT 50`},
+	{"limit=50&status=active", `SELECT bk.*, k.name AS key_name, CASE WHEN cb.id IS NULL THEN bx.id ELSE cb.id END AS box_id, CASE WHEN cb.id IS NULL THEN bx.name ELSE cb.name END AS box_name,
+		CASE WHEN cb.id IS NULL THEN bx.address ELSE cb.address END AS box_address, CASE WHEN cb.id IS NULL THEN bx.timezone ELSE cb.timezone END AS box_timezone, bx.location_id
 	FROM bookings bk
 	JOIN keys k ON k.tenant_id = bk.tenant_id AND k.id = bk.key_id
 	JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id
-	JOIN boxes pb ON pb.tenant_id = k.tenant_id AND pb.id = CASE WHEN k.state = 'in_bin' THEN k.box_id ELSE k.home_box_id END WHERE true AND bk.revoked_at IS NULL AND (bk.ends_at IS NULL OR bk.ends_at > now()) AND NOT (bk.hold AND bk.released_at IS NULL) AND bk.starts_at <= now() ORDER BY bk.id DESC LIMIT 50`},
+	LEFT JOIN boxes cb ON cb.tenant_id = k.tenant_id AND cb.id = k.box_id AND k.state = 'in_bin' WHERE true AND bk.revoked_at IS NULL AND (bk.ends_at IS NULL OR bk.ends_at > now()) AND NOT (bk.hold AND bk.released_at IS NULL) AND bk.starts_at <= now() ORDER BY bk.id DESC LIMIT 50`},
 }
 
 // explainList runs the list queries under EXPLAIN ANALYZE as the

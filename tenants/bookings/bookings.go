@@ -231,12 +231,20 @@ type keyRef struct {
 	LocationID  *uuid.UUID
 }
 
-// pickupBoxSQL joins the box a key k can be picked up at as pb: the box
-// whose bin holds it (a visitor may have dropped it off at another box,
-// and a code opens only the box holding the key, tenants/exchange), else,
-// while it is out or missing, its home box, where it is expected back.
-// The home box stays bx: its location decides who sees the key.
-const pickupBoxSQL = `JOIN boxes pb ON pb.tenant_id = k.tenant_id AND pb.id = CASE WHEN k.state = 'in_bin' THEN k.box_id ELSE k.home_box_id END`
+// The box a key k can be picked up at: the box whose bin holds it (a
+// visitor may have dropped it off at another box, and a code opens only
+// the box holding the key, tenants/exchange), else, while it is out or
+// missing, its home box bx, where it is expected back; bx's location
+// decides who sees the key. pickupBoxSQL joins the box holding it as cb
+// (none while out) and pickupBoxColumns choose between the two. A join on
+// an equality keeps the planner's row estimates, which a join on the CASE
+// itself lost: the list with a status filter then sorted every live
+// booking of the tenant instead of walking the newest (3 ms, not 1).
+const (
+	pickupBoxSQL     = "LEFT JOIN boxes cb ON cb.tenant_id = k.tenant_id AND cb.id = k.box_id AND k.state = 'in_bin'"
+	pickupBoxColumns = `CASE WHEN cb.id IS NULL THEN bx.id ELSE cb.id END AS box_id, CASE WHEN cb.id IS NULL THEN bx.name ELSE cb.name END AS box_name,
+		CASE WHEN cb.id IS NULL THEN bx.address ELSE cb.address END AS box_address, CASE WHEN cb.id IS NULL THEN bx.timezone ELSE cb.timezone END AS box_timezone`
+)
 
 // location is the box's time zone; a zone the server does not know (the
 // inventory validates them) falls back to UTC rather than failing a booking.
@@ -257,8 +265,7 @@ func liveKey(ctx context.Context, p tenants.Principal, id uuid.UUID, share bool)
 	if err != nil {
 		return keyRef{}, false, err
 	}
-	q := `SELECT k.id, k.name, pb.id AS box_id, pb.name AS box_name, pb.address AS box_address,
-			pb.timezone AS box_timezone, bx.location_id
+	q := `SELECT k.id, k.name, ` + pickupBoxColumns + `, bx.location_id
 		FROM keys k JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id
 		` + pickupBoxSQL + `
 		WHERE k.id = ? AND k.deleted_at IS NULL`

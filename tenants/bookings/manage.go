@@ -33,8 +33,7 @@ func (r row) key() keyRef {
 // selectRows reads bookings with their key and its boxes: the one the
 // booking names (where its code opens the key, pickupBoxSQL) and the home
 // box, whose location limits who sees it.
-const selectRows = `SELECT bk.*, k.name AS key_name, pb.id AS box_id, pb.name AS box_name, pb.address AS box_address,
-		pb.timezone AS box_timezone, bx.location_id
+const selectRows = `SELECT bk.*, k.name AS key_name, ` + pickupBoxColumns + `, bx.location_id
 	FROM bookings bk
 	JOIN keys k ON k.tenant_id = bk.tenant_id AND k.id = bk.key_id
 	JOIN boxes bx ON bx.tenant_id = k.tenant_id AND bx.id = k.home_box_id
