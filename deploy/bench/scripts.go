@@ -48,7 +48,7 @@ INSERT INTO audit_events (tenant_id, id, actor, action, target, details, client_
 INSERT INTO idempotency_answers (tenant_id, key_hash, body_hash, status, content_type, sealed) VALUES (NULLIF(current_setting('app.tenant_id', true), '')::uuid, sha256(random()::text::bytea), sha256(random()::text::bytea), 201, 'application/json', decode(repeat(md5(random()::text), 60), 'hex'));
 `
 	if webhooks {
-		s += `SELECT id FROM webhook_endpoints WHERE disabled_at IS NULL AND (events = '[]'::jsonb OR events @> jsonb_build_array('booking.created'::text));
+		s += `SELECT id, events FROM webhook_endpoints WHERE disabled_at IS NULL;
 `
 	}
 	return r.Replace(s + "COMMIT;\n")

@@ -129,7 +129,7 @@ type Messages interface {
 	// Company is the tenant's name, as messages are signed.
 	Company(ctx context.Context) (string, error)
 	Reschedule(ctx context.Context, id uuid.UUID, notBefore, deadline time.Time) error
-	Cancel(ctx context.Context, id uuid.UUID) error
+	Cancel(ctx context.Context, ids ...uuid.UUID) error
 	Statuses(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]outbox.Status, error)
 }
 

@@ -750,7 +750,7 @@ func (e *env) returnReminders(t *testing.T, f tenantFixture, id uuid.UUID) []rem
 	t.Helper()
 	var out []reminder
 	err := e.scope.Do(context.Background(), f.tenant, func(ctx context.Context) error {
-		ids, err := remindersOf(ctx, id, kindReturn)
+		ids, err := remindersOf(ctx, kindReturn, id)
 		if err != nil {
 			return err
 		}

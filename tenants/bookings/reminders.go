@@ -88,19 +88,12 @@ func (s *Service) KeysReturned(ctx context.Context, bookingIDs []uuid.UUID) erro
 	if len(bookingIDs) == 0 {
 		return nil
 	}
-	all, err := s.reminderStates(ctx, bookingIDs, kindReturn)
+	ids, err := remindersOf(ctx, kindReturn, bookingIDs...)
 	if err != nil {
 		return err
 	}
-	for _, id := range bookingIDs {
-		for _, r := range all[id] {
-			if r.status != outbox.Queued {
-				continue
-			}
-			if err := s.msgs.Cancel(ctx, r.id); err != nil {
-				return wrap("cancel reminder", err)
-			}
-		}
+	if err := s.msgs.Cancel(ctx, ids...); err != nil {
+		return wrap("cancel reminders", err)
 	}
 	return nil
 }
@@ -183,20 +176,23 @@ func (s *Service) KeysMoved(ctx context.Context, keyIDs []uuid.UUID) error {
 		if err != nil {
 			return err
 		}
+		var waiting []uuid.UUID
+		var again []row
 		for _, r := range rs {
-			waiting := false
+			n := len(waiting)
 			for _, st := range all[r.ID] {
-				if st.status != outbox.Queued {
-					continue
-				}
-				waiting = true
-				if err := s.msgs.Cancel(ctx, st.id); err != nil {
-					return wrap("cancel reminder", err)
+				if st.status == outbox.Queued {
+					waiting = append(waiting, st.id)
 				}
 			}
-			if !waiting {
-				continue
+			if len(waiting) > n {
+				again = append(again, r)
 			}
+		}
+		if err := s.msgs.Cancel(ctx, waiting...); err != nil {
+			return wrap("cancel reminders", err)
+		}
+		for _, r := range again {
 			if kind == kindReturn {
 				err = s.scheduleReturnReminder(ctx, r.Booking, r.key(), true)
 			} else {
@@ -239,14 +235,15 @@ func (s *Service) reminderStates(ctx context.Context, bookingIDs []uuid.UUID, ki
 	return out, nil
 }
 
-// remindersOf lists the ids of b's reminders of kind, oldest first.
-func remindersOf(ctx context.Context, bookingID uuid.UUID, kind string) ([]uuid.UUID, error) {
+// remindersOf lists the ids of the reminders of kind of bookingIDs, oldest
+// first.
+func remindersOf(ctx context.Context, kind string, bookingIDs ...uuid.UUID) ([]uuid.UUID, error) {
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var ids []uuid.UUID
-	if err := tx.Model(&reminderRow{}).Where("booking_id = ? AND kind = ?", bookingID, kind).Order("created_at, outbox_id").Pluck("outbox_id", &ids).Error; err != nil {
+	if err := tx.Model(&reminderRow{}).Where("booking_id IN ? AND kind = ?", bookingIDs, kind).Order("created_at, outbox_id").Pluck("outbox_id", &ids).Error; err != nil {
 		return nil, wrap("load reminders", err)
 	}
 	return ids, nil
@@ -255,14 +252,12 @@ func remindersOf(ctx context.Context, bookingID uuid.UUID, kind string) ([]uuid.
 // cancelReminders calls off b's waiting reminders of kind; those sent are
 // left alone.
 func (s *Service) cancelReminders(ctx context.Context, bookingID uuid.UUID, kind string) error {
-	ids, err := remindersOf(ctx, bookingID, kind)
+	ids, err := remindersOf(ctx, kind, bookingID)
 	if err != nil {
 		return err
 	}
-	for _, id := range ids {
-		if err := s.msgs.Cancel(ctx, id); err != nil {
-			return wrap("cancel reminder", err)
-		}
+	if err := s.msgs.Cancel(ctx, ids...); err != nil {
+		return wrap("cancel reminders", err)
 	}
 	return nil
 }
@@ -271,7 +266,7 @@ func (s *Service) cancelReminders(ctx context.Context, bookingID uuid.UUID, kind
 // as for outbox.Message), and reports how many were still waiting (those
 // sent or cancelled cannot move).
 func (s *Service) moveReminders(ctx context.Context, bookingID uuid.UUID, kind string, at, deadline time.Time) (int, error) {
-	ids, err := remindersOf(ctx, bookingID, kind)
+	ids, err := remindersOf(ctx, kind, bookingID)
 	if err != nil {
 		return 0, err
 	}

@@ -234,12 +234,16 @@ func (o *Outbox) Statuses(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]S
 	return out, nil
 }
 
-// Cancel calls off a queued message; one already sent is left alone.
-func (o *Outbox) Cancel(ctx context.Context, id uuid.UUID) error {
+// Cancel calls off the queued messages of ids, in one statement; those
+// already sent are left alone.
+func (o *Outbox) Cancel(ctx context.Context, ids ...uuid.UUID) error {
+	if len(ids) == 0 {
+		return nil
+	}
 	tx, err := tenants.Tx(ctx)
 	if err != nil {
 		return err
 	}
-	return tx.Model(&record{}).Where("id = ? AND status = 'queued'", id).
+	return tx.Model(&record{}).Where("id IN ? AND status = 'queued'", ids).
 		Updates(map[string]any{"status": string(Canceled), "reason": "canceled", "updated_at": time.Now()}).Error
 }
