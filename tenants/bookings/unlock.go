@@ -61,16 +61,3 @@ func Lock(ctx context.Context, id uuid.UUID, at time.Time) error {
 	}
 	return nil
 }
-
-// Locked reports whether booking id is locked.
-func Locked(ctx context.Context, id uuid.UUID) (bool, error) {
-	tx, err := tenants.Tx(ctx)
-	if err != nil {
-		return false, err
-	}
-	var l bool
-	if err := tx.Raw(`SELECT locked_at IS NOT NULL FROM bookings WHERE id = ?`, id).Scan(&l).Error; err != nil {
-		return false, fmt.Errorf("bookings: locked: %w", err)
-	}
-	return l, nil
-}
